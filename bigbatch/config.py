@@ -1,0 +1,268 @@
+"""RunConfig: everything that defines one training run, as plain, validated, JSON-able data.
+
+The defaults are the paper's *text* recipe for its baseline (experiment 1) at batch size 32.
+Experiments are small diffs on top of these defaults, declared in ``bigbatch/configs/*.json``
+(see ``bigbatch.experiments``). Every key is commented with its unit.
+
+Derived quantities (the learning rate after batch-size scaling, the number of epochs after epoch
+scaling, the CyclicLR factor after eq. 2) are computed here, once, as properties, so that the
+training loop, the sweeps and the analysis all agree on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be trained. The message is one line, meant for a user."""
+
+
+# Allowed values of the enumerated keys: one table, used by validation and by the README.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "recipe": ("text", "authors-code"),
+    "dataset": ("cifar10", "cifar100", "fashion-mnist", "synthetic"),
+    "epochs_scaling": ("none", "linear"),
+    "lr_scaling": ("none", "linear", "sqrt"),
+    "schedule": ("constant", "warmup_step", "cyclic"),
+    "factor_lr_scaling": ("none", "sqrt"),
+    "cyclic_mode": ("triangular", "triangular2", "exp_range"),
+    "norm": ("none", "batch", "ghost"),
+    "precision": ("auto", "fp32", "bf16"),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # ---- identity (recorded with every run; no effect on training) ----
+    experiment: str = "custom"  # experiment name: exp1..exp6, or "custom"
+    recipe: str = "text"  # "text" (the paper's words) | "authors-code" (what its code did)
+
+    # ---- data ----
+    dataset: str = "cifar10"  # cifar10 | cifar100 | fashion-mnist | synthetic
+    data_dir: str = "data"  # directory holding (or receiving) the dataset files
+    download: bool = True  # download CIFAR when missing (torchvision's URL + md5); False: fail if missing
+    val_size: int = 10000  # images held out of the training set for validation (paper: 10k of 50k)
+    split_seed: int = 42  # seed of the train/val split (42 in the authors' code)
+    train_subset: int = 0  # use only the first N training images after the split; 0 = all
+    synthetic_size: int = 1024  # synthetic dataset only: images in its training pool (test set: a quarter)
+
+    # ---- optimisation ----
+    batch_size: int = 32  # images per SGD step
+    epochs: int = 100  # epochs at base_batch_size (see epochs_scaling)
+    epochs_scaling: str = "none"  # none | linear: epochs * batch_size / base_batch_size (experiment 2)
+    lr: float = 0.01  # learning rate at base_batch_size (see lr_scaling)
+    base_batch_size: int = 32  # the batch size that lr, epochs and factor_lr are quoted at
+    lr_scaling: str = "none"  # none | linear (eq. 1: lr * bs / base) | sqrt (lr * sqrt(bs / base))
+    momentum: float = 0.0  # SGD momentum (the paper: none); the base momentum when cycle_momentum
+    weight_decay: float = 0.0  # L2 penalty per step (authors' code: 1e-6)
+
+    # ---- learning-rate schedule: step -> lr is a pure function (bigbatch.schedules) ----
+    schedule: str = "constant"  # constant | warmup_step (experiment 4) | cyclic (experiments 5, 6)
+    warmup_epochs: int = 5  # warmup_step: epochs rising linearly from lr (unscaled) to the scaled lr
+    warmup_per_iteration: bool = True  # warmup_step: rise every iteration (Goyal et al.); False: per epoch
+    milestones: tuple[int, ...] = (30, 60, 90)  # warmup_step: epochs at which lr is multiplied by gamma
+    gamma: float = 0.1  # warmup_step: decay factor at each milestone
+    factor_lr: float = 10.0  # cyclic: bounds are scaled_lr / f .. scaled_lr * f, at base_batch_size
+    factor_lr_scaling: str = "none"  # none | sqrt (eq. 2: f * sqrt(base / bs), experiment 6)
+    cyclic_mode: str = "triangular2"  # triangular | triangular2 (peak halves per cycle) | exp_range
+    cyclic_gamma: float = 1.0  # exp_range only: amplitude multiplied by gamma**step
+    cyclic_step_epochs: float = 12.0  # cyclic: half a cycle (step_size_up), in epochs of iterations
+    cycle_momentum: bool = False  # cyclic: momentum cycles max..base inversely to lr (torch's default!)
+    base_momentum: float = 0.8  # cycle_momentum: momentum at the lr peak
+    max_momentum: float = 0.9  # cycle_momentum: momentum at the lr trough
+
+    # ---- model: the paper's adapted VGG13 ----
+    norm: str = "none"  # none | batch | ghost (feature extractor only)
+    virtual_batch_size: int = 32  # ghost: images per ghost-batch-norm group
+    bn_momentum: float = 0.1  # running-stat update, PyTorch convention (authors' code: 0.99)
+    width_mult: float = 1.0  # channel multiplier of the convolutions (tests use narrow models)
+    dropout: float = 0.5  # classifier dropout probability
+
+    # ---- augmentation (runs on the training device, over the whole batch at once) ----
+    hflip_p: float = 0.5  # probability of a horizontal flip
+    rotate_p: float = 0.5  # probability of a rotation (authors' code: 1.0)
+    rotate_degrees: float = 15.0  # rotation drawn uniformly in +-degrees
+    translate_p: float = 0.5  # probability of a translation (authors' code: 1.0)
+    translate_frac: float = 0.1  # translation drawn uniformly in +-fraction of the side, per axis
+    augment_val: bool = False  # augment the validation set too (authors' code: True)
+
+    # ---- the loop ----
+    drop_last: bool = True  # drop the last partial batch of each epoch (authors' code: False)
+    eval_batch_size: int = 1000  # images per evaluation step (no effect on results)
+    seed: int = 0  # seed of initialisation, data order and augmentation
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    compile: bool = False  # torch.compile the model (pays off only for long runs on a GPU)
+    deterministic: bool = False  # deterministic algorithms on GPU (slower); CPU is always deterministic
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def total_epochs(self) -> int:
+        """Epochs this run trains for, after epoch scaling (experiment 2: 100 * bs / 32)."""
+        if self.epochs_scaling == "linear":
+            return max(1, round(self.epochs * self.batch_size / self.base_batch_size))
+        return self.epochs
+
+    @property
+    def scaled_lr(self) -> float:
+        """The learning rate at this batch size (eq. 1 for linear scaling)."""
+        ratio = self.batch_size / self.base_batch_size
+        return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling] * self.lr
+
+    @property
+    def scaled_factor_lr(self) -> float:
+        """The CyclicLR bound factor at this batch size (eq. 2 when factor_lr_scaling is sqrt)."""
+        if self.factor_lr_scaling == "sqrt":
+            return self.factor_lr * math.sqrt(self.base_batch_size / self.batch_size)
+        return self.factor_lr
+
+    # ------------------------------------------------------------------ JSON in and out
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a run config must be a JSON object, got {type(d).__name__}")
+        valid = [f.name for f in fields(cls)]
+        for key in d:
+            if key not in valid:
+                raise ConfigError(_unknown_key_message(key, valid))
+        hints = get_type_hints(cls)
+        cfg = cls(**{k: _coerce(k, v, hints[k]) for k, v in d.items()})
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "RunConfig":
+        return cls.from_dict(read_json(path))
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A copy with some keys changed, validated like from_dict."""
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ConfigError (one line) for any setting that cannot be trained."""
+        for key, allowed in CHOICES.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+        positive_ints = ("batch_size", "epochs", "base_batch_size", "virtual_batch_size", "eval_batch_size", "synthetic_size")
+        for key in positive_ints:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        for key in ("val_size", "train_subset", "warmup_epochs"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("lr", "factor_lr", "width_mult", "cyclic_step_epochs", "gamma", "cyclic_gamma"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{key} must be a positive number, got {value}")
+        for key in ("momentum", "weight_decay", "base_momentum", "max_momentum"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{key} must be a non-negative number, got {value}")
+        for key in ("dropout", "hflip_p", "rotate_p", "translate_p", "bn_momentum"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key} must lie in [0, 1], got {value}")
+        if not 0.0 <= self.translate_frac < 0.5:
+            raise ConfigError(f"translate_frac must lie in [0, 0.5), got {self.translate_frac}")
+        if not 0.0 <= self.rotate_degrees <= 180.0:
+            raise ConfigError(f"rotate_degrees must lie in [0, 180], got {self.rotate_degrees}")
+        if self.norm == "ghost" and self.virtual_batch_size > self.batch_size:
+            raise ConfigError(
+                f"virtual_batch_size={self.virtual_batch_size} is larger than batch_size={self.batch_size}"
+            )
+        if self.schedule == "warmup_step":
+            if self.warmup_epochs >= self.total_epochs:
+                raise ConfigError(
+                    f"warmup_epochs={self.warmup_epochs} is not shorter than training ({self.total_epochs} epochs)"
+                )
+            if list(self.milestones) != sorted(set(self.milestones)) or any(m <= 0 for m in self.milestones):
+                raise ConfigError(f"milestones must be strictly increasing positive epochs, got {list(self.milestones)}")
+        if self.schedule == "cyclic" and self.cycle_momentum and self.base_momentum > self.max_momentum:
+            raise ConfigError(
+                f"base_momentum={self.base_momentum} is larger than max_momentum={self.max_momentum}"
+            )
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
+
+
+def _unknown_key_message(key: str, valid: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown config key {key!r}{hint}; valid keys: {', '.join(valid)}"
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check a JSON value against the field's type; ints are accepted where floats are expected."""
+    origin = get_origin(hint)
+    if origin is tuple:
+        (item,) = get_args(hint)[:1]
+        if not isinstance(value, (list, tuple)) or not all(_is_type(v, item) for v in value):
+            raise ConfigError(f"{key} must be a list of {item.__name__}, got {value!r}")
+        return tuple(value)
+    if not _is_type(value, hint):
+        raise ConfigError(f"{key} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return float(value) if hint is float else value
+
+
+def _is_type(value: Any, hint: type) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, turning every failure into a one-line ConfigError."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"malformed JSON in {p}: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+def parse_set(pairs: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` overrides; values are JSON where they parse as JSON, else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+DEFAULTS = RunConfig()
+__all__ = ["RunConfig", "ConfigError", "CHOICES", "DEFAULTS", "read_json", "parse_set"]
