@@ -266,3 +266,26 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
 
 DEFAULTS = RunConfig()
 __all__ = ["RunConfig", "ConfigError", "CHOICES", "DEFAULTS", "read_json", "parse_set"]
+
+
+def reference_table() -> str:
+    """Markdown table of every key: name, default, and the comment written beside it in this file.
+
+    The README embeds this table; a test checks that every key is documented there.
+    """
+    import inspect
+
+    comments: dict[str, str] = {}
+    for line in inspect.getsource(RunConfig).splitlines():
+        name, sep, rest = line.strip().partition(":")
+        if sep and "#" in rest and name.isidentifier():
+            comments[name] = rest.split("#", 1)[1].strip()
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for f in fields(RunConfig):
+        default = json.dumps(DEFAULTS.to_dict()[f.name])
+        rows.append(f"| `{f.name}` | `{default}` | {comments.get(f.name, '').replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m bigbatch.config: print the key reference
+    print(reference_table())

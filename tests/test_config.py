@@ -165,3 +165,13 @@ def test_load_config_accepts_flat_files_names_and_declarations(tmp_path):
     from bigbatch.experiments import CONFIG_DIR
     assert load_config(CONFIG_DIR / "exp6.json", overrides={"batch_size": 128}).factor_lr_scaling == "sqrt"
     assert load_config(None, overrides={"lr": 0.5}).lr == 0.5
+
+
+def test_readme_documents_every_key_as_the_source_says():
+    """The README's key table is the one generated from config.py's comments (python -m bigbatch.config)."""
+    from pathlib import Path
+
+    from bigbatch.config import reference_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert reference_table() in readme, "README key table is stale: paste `python -m bigbatch.config` into it"
