@@ -1,0 +1,6 @@
+"""`python -m sweeps.exp1`: the paper's experiment 1 as a Ray Tune sweep (options: sweeps.cli, docs/sweeps.md)."""
+
+from sweeps.cli import entry
+
+if __name__ == "__main__":
+    entry("exp1")
