@@ -1,0 +1,254 @@
+"""The paper's adapted VGG13 for 32x32 images, with optional (ghost) batch normalisation.
+
+Architecture (paper text and the authors' code agree, see shared/design/paper-recipes.md)::
+
+    [conv3x3(pad 1) -> (norm) -> ReLU] x2, maxpool2   widths 64, 64
+    [conv3x3(pad 1) -> (norm) -> ReLU] x2, maxpool2   widths 128, 128
+    [conv3x3(pad 1) -> (norm) -> ReLU] x2, maxpool2   widths 256, 256
+    [conv3x3(pad 1) -> (norm) -> ReLU] x2, maxpool2   widths 512, 512
+    [conv3x3(pad 1) -> (norm) -> ReLU] x2, maxpool2   widths 512, 512
+    Flatten -> Dropout -> Linear(c, c) -> ReLU -> Dropout -> Linear(c, num_classes)
+
+A 32x32 input is 1x1 after the five pools, so the classifier sees ``c`` = the last width (512).
+Normalisation is in the feature extractor only (paper: "in the feature extractor"); convolutions
+carry a bias only without normalisation (a bias before BN is cancelled by the mean subtraction).
+
+Parameter counts at width 1 with 10 classes: 9,404,992 in the convolutions (the ~9.4M of the
+paper's recipe), 9,672,778 in all with ``norm="none"``, 9,675,722 with ``batch``/``ghost``.
+
+Initialisation (the paper does not say): convolutions Kaiming-normal (fan_out, ReLU gain; the
+torchvision VGG choice, which keeps the 13-layer BN-free network trainable at lr 0.01), conv
+biases zero, norm weight 1 / bias 0, linear layers PyTorch's default.
+
+This module imports torch only (no ray, no mlflow).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["GhostBatchNorm2d", "vgg13", "build_model", "NORM_LAYERS", "make_norm", "VGG13_WIDTHS", "scaled_widths"]
+
+# "M" is a 2x2 max-pool.
+VGG13_WIDTHS: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class GhostBatchNorm2d(nn.Module):
+    """Ghost batch normalisation (Hoffer et al., 2017) over NCHW batches.
+
+    Training mode: the batch is cut into contiguous groups of ``virtual_batch_size`` samples
+    (samples ``[0, v)``, ``[v, 2v)``, ...); each group is normalised with its own per-channel mean
+    and biased variance. The ``N // v`` full groups are computed together (one reshape to
+    ``(groups, v, C, H, W)``, no Python loop); when ``N`` is not a multiple of ``v`` the remaining
+    ``N % v`` samples form one more group, normalised with its own statistics in a second slice.
+    A batch no larger than ``v`` is one group: then the module is ``nn.BatchNorm2d`` exactly.
+
+    Running statistics, PyTorch's convention (``momentum`` weighs the new value)::
+
+        running_mean = (1 - momentum) * running_mean + momentum * mean_g
+        running_var  = (1 - momentum) * running_var  + momentum * var_g
+
+    where ``mean_g`` is the mean over groups of the group means and ``var_g`` the mean over groups of
+    the group *unbiased* variances (group biased variance * m / (m - 1), m = samples * H * W of that
+    group), both weighted by the number of samples in each group. With full groups only, this
+    weighting is the plain mean over groups (the usual ghost-BN convention); the short remainder
+    group counts in proportion to its size. With one group it is exactly BatchNorm2d's update.
+    A group with m == 1 contributes its biased variance (0) instead of an undefined unbiased one.
+    ``num_batches_tracked`` counts training forward passes.
+
+    Eval mode: ``F.batch_norm`` with the running statistics, as BatchNorm2d.
+
+    Statistics and normalisation are computed in at least float32 (also for bf16/fp16 inputs, e.g.
+    under autocast); the output has the input's dtype and, for elementwise reasons, its memory
+    format (channels_last stays channels_last). The state_dict has BatchNorm2d's keys (weight,
+    bias, running_mean, running_var, num_batches_tracked).
+    """
+
+    def __init__(self, num_features: int, virtual_batch_size: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        if num_features <= 0:
+            raise ValueError(f"num_features must be positive, got {num_features}")
+        if virtual_batch_size <= 0:
+            raise ValueError(f"virtual_batch_size must be positive, got {virtual_batch_size}")
+        self.num_features = num_features
+        self.virtual_batch_size = virtual_batch_size
+        self.momentum = momentum
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+        self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, virtual_batch_size={self.virtual_batch_size}, "
+            f"eps={self.eps}, momentum={self.momentum}"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"GhostBatchNorm2d expects a 4D (N, C, H, W) input, got {x.dim()}D")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"GhostBatchNorm2d({self.num_features}) got an input with {x.shape[1]} channels")
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+        n, c, h, w = x.shape
+        v = self.virtual_batch_size
+        full, rest = divmod(n, v)
+        if n * h * w <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        outs, stats = [], []  # at most two entries each: the full groups, the remainder group
+        if full:
+            xs = x if rest == 0 else x[: full * v]
+            y, mean, uvar = self._normalise(xs.reshape(full, v, c, h, w))
+            outs.append(y.reshape(full * v, c, h, w))
+            stats.append((v, mean, uvar))
+        if rest:
+            y, mean, uvar = self._normalise(x[full * v :].reshape(1, rest, c, h, w))
+            outs.append(y.reshape(rest, c, h, w))
+            stats.append((rest, mean, uvar))
+        with torch.no_grad():
+            # mean over groups of the group statistics (shapes (groups, C)), each group weighted
+            # by its share of the batch (group size / n; 1.0 exactly for a single group)
+            mean_g = sum(mu.sum(0) * (size / n) for size, mu, _ in stats)
+            var_g = sum(var.sum(0) * (size / n) for size, _, var in stats)
+            m = self.momentum
+            self.running_mean.mul_(1.0 - m).add_(mean_g.to(self.running_mean.dtype), alpha=m)
+            self.running_var.mul_(1.0 - m).add_(var_g.to(self.running_var.dtype), alpha=m)
+            self.num_batches_tracked.add_(1)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+
+    def _normalise(self, xg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalise (G, V, C, H, W) per group and channel. Returns y (input dtype), the group means
+        and the group unbiased variances, both (G, C) and detached."""
+        dtype = torch.promote_types(xg.dtype, torch.float32)
+        xf = xg.to(dtype)
+        var, mean = torch.var_mean(xf, dim=(1, 3, 4), keepdim=True, correction=0)
+        scale = torch.rsqrt(var + self.eps) * self.weight.to(dtype).view(1, 1, -1, 1, 1)
+        y = (xf - mean) * scale + self.bias.to(dtype).view(1, 1, -1, 1, 1)
+        count = xg.shape[1] * xg.shape[3] * xg.shape[4]
+        unbias = count / (count - 1) if count > 1 else 1.0
+        g, c = xg.shape[0], xg.shape[2]
+        return y.to(xg.dtype), mean.detach().view(g, c), var.detach().view(g, c) * unbias
+
+
+# ---------------------------------------------------------------------------- norm registry
+NormBuilder = Callable[..., "nn.Module | None"]
+
+
+def _no_norm(num_features: int, *, virtual_batch_size: int, momentum: float) -> None:
+    return None
+
+
+def _batch_norm(num_features: int, *, virtual_batch_size: int, momentum: float) -> nn.Module:
+    return nn.BatchNorm2d(num_features, momentum=momentum)
+
+
+def _ghost_norm(num_features: int, *, virtual_batch_size: int, momentum: float) -> nn.Module:
+    return GhostBatchNorm2d(num_features, virtual_batch_size, momentum=momentum)
+
+
+# name -> builder(num_features, *, virtual_batch_size, momentum) -> module (None: no layer)
+NORM_LAYERS: dict[str, NormBuilder] = {"none": _no_norm, "batch": _batch_norm, "ghost": _ghost_norm}
+
+
+def make_norm(name: str, num_features: int, *, virtual_batch_size: int = 32, momentum: float = 0.1) -> nn.Module | None:
+    """The norm layer called ``name`` (None for "none"); ValueError naming the valid ones otherwise."""
+    try:
+        builder = NORM_LAYERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown norm {name!r}; valid: {', '.join(NORM_LAYERS)}") from None
+    return builder(num_features, virtual_batch_size=virtual_batch_size, momentum=momentum)
+
+
+# ---------------------------------------------------------------------------- the network
+def scaled_widths(width_mult: float) -> list[int | str]:
+    """VGG13's layer list with every width multiplied by ``width_mult`` (rounded, at least 1)."""
+    if not width_mult > 0:
+        raise ValueError(f"width_mult must be positive, got {width_mult}")
+    return [w if w == "M" else max(1, int(round(w * width_mult))) for w in VGG13_WIDTHS]
+
+
+def vgg13(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    width_mult: float = 1.0,
+    norm: str = "none",
+    virtual_batch_size: int = 32,
+    bn_momentum: float = 0.1,
+    dropout: float = 0.5,
+) -> nn.Sequential:
+    """The paper's adapted VGG13 (module docstring). ``features`` is ``model[0]``, ``classifier``
+    ``model[1]``; 32x32 inputs (any side in 32..63 reaches 1x1 after the five pools)."""
+    if norm not in NORM_LAYERS:
+        raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORM_LAYERS)}")
+    if num_classes <= 0 or in_channels <= 0:
+        raise ValueError(f"num_classes and in_channels must be positive, got {num_classes}, {in_channels}")
+    layers: list[nn.Module] = []
+    c_in = in_channels
+    for w in scaled_widths(width_mult):
+        if w == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        assert isinstance(w, int)
+        norm_layer = make_norm(norm, w, virtual_batch_size=virtual_batch_size, momentum=bn_momentum)
+        layers.append(nn.Conv2d(c_in, w, kernel_size=3, padding=1, bias=norm_layer is None))
+        if norm_layer is not None:
+            layers.append(norm_layer)
+        layers.append(nn.ReLU(inplace=True))
+        c_in = w
+    features = nn.Sequential(*layers)
+    classifier = nn.Sequential(
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(c_in, c_in),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(c_in, num_classes),
+    )
+    model = nn.Sequential()
+    model.add_module("features", features)
+    model.add_module("classifier", classifier)
+    _init_weights(model)
+    return model
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, GhostBatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def build_model(cfg: Any, num_classes: int, in_channels: int) -> nn.Module:
+    """The VGG13 a RunConfig asks for (norm, virtual_batch_size, bn_momentum, width_mult, dropout).
+    Weights come from torch's global RNG: seed it before calling for reproducible initialisation."""
+    return vgg13(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width_mult=cfg.width_mult,
+        norm=cfg.norm,
+        virtual_batch_size=cfg.virtual_batch_size,
+        bn_momentum=cfg.bn_momentum,
+        dropout=cfg.dropout,
+    )

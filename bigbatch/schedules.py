@@ -1,0 +1,149 @@
+"""Learning-rate and momentum schedules as pure functions of the global optimizer step.
+
+``lr_schedule(cfg, steps_per_epoch)(s)`` is the learning rate used by optimizer step ``s`` (0-based,
+counted over the whole run); ``momentum_schedule`` likewise for SGD momentum. Nothing here holds
+state, so resuming from a checkpoint needs only the step counter (nanoGPT's ``get_lr`` style).
+
+The formulas are torch's own, re-implemented in closed form (tests/test_schedules.py compares them,
+step by step, with the torch schedulers they stand for):
+
+* ``constant``: ``cfg.scaled_lr``.
+* ``warmup_step`` (experiment 4): ``LinearLR(start_factor=cfg.lr / cfg.scaled_lr, end_factor=1)``
+  times ``MultiStepLR(milestones, gamma)``, composed multiplicatively as torch's
+  ``ChainedScheduler`` does. Warmup per iteration (``warmup_per_iteration``, Goyal et al.):
+  ``total_iters = warmup_epochs * steps_per_epoch``, stepped every iteration; per epoch (the
+  authors' code): ``total_iters = warmup_epochs``, stepped once per epoch, so the value depends on
+  ``s // steps_per_epoch``. Milestones are epochs counted from the start of training (step
+  ``m * steps_per_epoch`` is the first step at the decayed rate), the same either way. The warmup
+  rises from the unscaled ``cfg.lr`` to ``cfg.scaled_lr`` (a start factor above 1, i.e. a batch
+  size below ``base_batch_size``, simply interpolates downwards; torch's LinearLR would refuse it).
+  ``warmup_epochs == 0`` means no warmup.
+* ``cyclic`` (experiments 5, 6): ``CyclicLR(base_lr=lr / f, max_lr=lr * f)`` with ``lr =
+  cfg.scaled_lr``, ``f = cfg.scaled_factor_lr``, ``step_size_up = step_size_down =
+  max(1, round(cfg.cyclic_step_epochs * steps_per_epoch))`` (Python's round), mode
+  ``cfg.cyclic_mode`` (``exp_range`` with ``gamma = cfg.cyclic_gamma``), torch's default
+  scale_mode (``cycle`` for triangular/triangular2, ``iterations`` for exp_range). Step ``s`` has
+  the lr CyclicLR holds after ``s`` calls of ``scheduler.step()`` (construction sets step 0: base_lr).
+* momentum: ``cfg.momentum``; with ``schedule == "cyclic"`` and ``cfg.cycle_momentum``, CyclicLR's
+  momentum cycling instead (``cfg.momentum`` is then ignored, as torch overwrites it):
+  ``max_momentum`` at the lr trough, ``base_momentum`` at the peak, same mode and scaling.
+
+The returned callables are ``functools.partial`` objects over module-level functions, so they
+pickle (Ray ships them between processes) and print their parameters.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from functools import partial
+from typing import Any, Callable
+
+__all__ = ["lr_schedule", "momentum_schedule", "epoch_of", "cyclic_step_size"]
+
+
+def epoch_of(step: int, steps_per_epoch: int) -> int:
+    """The 0-based epoch that global step ``step`` belongs to."""
+    return step // steps_per_epoch
+
+
+def cyclic_step_size(cfg: Any, steps_per_epoch: int) -> int:
+    """CyclicLR's step_size_up (= step_size_down) in optimizer steps: half a cycle."""
+    return max(1, round(cfg.cyclic_step_epochs * steps_per_epoch))
+
+
+def lr_schedule(cfg: Any, steps_per_epoch: int) -> Callable[[int], float]:
+    """step (0-based, global) -> learning rate of that optimizer step, for RunConfig ``cfg``."""
+    _check_spe(steps_per_epoch)
+    lr = cfg.scaled_lr
+    if cfg.schedule == "constant":
+        return partial(_constant, value=lr)
+    if cfg.schedule == "warmup_step":
+        per_iter = bool(cfg.warmup_per_iteration)
+        return partial(
+            _warmup_step,
+            lr=lr,
+            start_factor=cfg.lr / lr,
+            warmup_iters=cfg.warmup_epochs * (steps_per_epoch if per_iter else 1),
+            warmup_unit=1 if per_iter else steps_per_epoch,
+            milestone_steps=tuple(m * steps_per_epoch for m in cfg.milestones),
+            gamma=cfg.gamma,
+        )
+    if cfg.schedule == "cyclic":
+        f = cfg.scaled_factor_lr
+        return partial(_cyclic, **_cyclic_shape(cfg, steps_per_epoch), low=lr / f, high=lr * f, rising=True)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: constant, warmup_step, cyclic")
+
+
+def momentum_schedule(cfg: Any, steps_per_epoch: int) -> Callable[[int], float]:
+    """step (0-based, global) -> SGD momentum of that optimizer step, for RunConfig ``cfg``."""
+    _check_spe(steps_per_epoch)
+    if cfg.schedule == "cyclic" and cfg.cycle_momentum:
+        return partial(
+            _cyclic, **_cyclic_shape(cfg, steps_per_epoch), low=cfg.base_momentum, high=cfg.max_momentum, rising=False
+        )
+    return partial(_constant, value=cfg.momentum)
+
+
+# ---------------------------------------------------------------------------- the formulas
+def _check_spe(steps_per_epoch: int) -> None:
+    if not isinstance(steps_per_epoch, int) or isinstance(steps_per_epoch, bool) or steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+
+
+def _check_step(step: int) -> None:
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+
+
+def _constant(step: int, *, value: float) -> float:
+    _check_step(step)
+    return value
+
+
+def _warmup_step(
+    step: int,
+    *,
+    lr: float,
+    start_factor: float,
+    warmup_iters: int,
+    warmup_unit: int,
+    milestone_steps: tuple[int, ...],
+    gamma: float,
+) -> float:
+    _check_step(step)
+    # LinearLR's closed form: start + (end - start) * min(T, t) / T, with end = 1
+    t = step // warmup_unit
+    warm = 1.0 if warmup_iters == 0 else start_factor + (1.0 - start_factor) * min(warmup_iters, t) / warmup_iters
+    # MultiStepLR's closed form: gamma ** (number of milestones already reached)
+    decay = gamma ** bisect.bisect_right(milestone_steps, step)
+    return lr * warm * decay
+
+
+def _cyclic_shape(cfg: Any, steps_per_epoch: int) -> dict[str, Any]:
+    return {
+        "step_size": cyclic_step_size(cfg, steps_per_epoch),
+        "mode": cfg.cyclic_mode,
+        "gamma": cfg.cyclic_gamma,
+    }
+
+
+def _cyclic(step: int, *, step_size: int, mode: str, gamma: float, low: float, high: float, rising: bool) -> float:
+    """CyclicLR.get_lr with last_epoch = step (symmetric cycle). rising=True: the lr (low ->
+    high -> low); rising=False: the momentum (high -> low -> high), as torch does both."""
+    _check_step(step)
+    total = 2.0 * float(step_size)
+    ratio = float(step_size) / total  # 0.5
+    cycle = math.floor(1 + step / total)
+    x = 1.0 + step / total - cycle
+    scale_factor = x / ratio if x <= ratio else (x - 1) / (ratio - 1)
+    if mode == "triangular":
+        scale = 1.0
+    elif mode == "triangular2":
+        scale = 1 / (2.0 ** (cycle - 1))
+    elif mode == "exp_range":
+        scale = gamma**step  # scale_mode "iterations"
+    else:
+        raise ValueError(f"unknown cyclic_mode {mode!r}; valid: triangular, triangular2, exp_range")
+    height = (high - low) * scale_factor
+    return low + height * scale if rising else high - height * scale
