@@ -1,0 +1,303 @@
+"""The paper's figures, from the runs: ``python -m analysis.figures [--tracking-uri URI] --out DIR``.
+
+Writes PNGs (matplotlib, Agg):
+- ``curves_<exp>.png``: validation accuracy and loss per epoch, one line per batch size, for the
+  chosen (best-validation) setting of each cell; the mean over seeds, the band min..max (the paper's
+  Figures 1-5);
+- ``test_acc_vs_batch_size.png``: test accuracy against batch size, one line per experiment, the
+  paper's Table I values dashed beside;
+- ``factor_lr_vs_batch_size.png``: the best factor_lr per batch size found by the Optuna search (and
+  by exp5's grid) against eq. 2, f = 10 * sqrt(32 / bs); only when such runs exist.
+With several (dataset, recipe) in the store, every name gets a ``_<dataset>_<recipe>`` suffix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+
+from bigbatch.experiments import EXPERIMENTS, PAPER_TABLE, load_experiment  # noqa: E402
+
+from .runs import FINISHED, OPTUNA_EXPERIMENT, AnalysisError  # noqa: E402
+from .table import Table, _fmt_value, add_common_args, build_tables, cli, load_table_runs  # noqa: E402
+
+CURVE_METRICS = ("val_acc", "val_loss")
+DPI = 110
+EXP_COLORS = dict(zip(EXPERIMENTS, plt.get_cmap("tab10").colors))
+
+
+def _suffix(table: Table, several: bool) -> str:
+    return f"_{table.dataset}_{table.recipe}" if several else ""
+
+
+def _bs_colors(batch_sizes: Sequence[int]) -> dict[int, tuple]:
+    cmap = plt.get_cmap("viridis")
+    n = max(len(batch_sizes) - 1, 1)
+    return {b: cmap(0.92 * i / n) for i, b in enumerate(sorted(batch_sizes))}
+
+
+def _log2_axis(ax, values: Iterable[int]) -> None:
+    vals = sorted(set(int(v) for v in values))
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(vals))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(v) for v in vals])
+    if vals:
+        ax.set_xlim(vals[0] / 1.25, vals[-1] * 1.25)
+
+
+def chosen_run_ids(tables: Sequence[Table]) -> list[str]:
+    """The runs the curves are drawn from: the chosen setting's runs of every cell."""
+    return [r for t in tables for c in t.cells.values() for r in c.run_ids]
+
+
+def plot_curves(table: Table, history: pd.DataFrame, experiment: str, path: Path,
+                runs: pd.DataFrame | None = None) -> Path | None:
+    """Validation accuracy and loss per epoch for one experiment; None when it has no curves.
+
+    Per batch size: the mean over the chosen setting's seeds (band: min..max); a diverged run (its
+    status from ``runs``) is drawn on its own, dotted.
+    """
+    status = dict(zip(runs["run_id"], runs["status"])) if runs is not None and len(runs) else {}
+    seeds = ({r: (None if pd.isna(s) else int(s)) for r, s in zip(runs["run_id"], runs["seed"])}
+             if runs is not None and len(runs) else {})
+    cells = {b: table.cell(experiment, b) for b in table.batch_sizes}
+    cells = {b: c for b, c in cells.items() if c is not None}
+    hist = history[history["run_id"].isin([r for c in cells.values() for r in c.run_ids])]
+    if not len(hist):
+        return None
+    colors = _bs_colors(list(cells))
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), dpi=DPI)
+    for ax, metric, ylabel in ((axes[0], "val_acc", "validation accuracy (%)"),
+                               (axes[1], "val_loss", "validation loss")):
+        finite_tops = []
+        for b, c in cells.items():
+            diverged = [r for r in c.run_ids if status.get(r) == "diverged"]
+            ok = [r for r in c.run_ids if r not in diverged]
+            label = f"bs {b}"
+            if c.setting:
+                label += " (" + ", ".join(f"{k}={_fmt_value(v)}" for k, v in c.setting.items()) + ")"
+            h = hist[(hist["metric"] == metric) & hist["run_id"].isin(ok)]
+            if len(h):
+                wide = h.pivot_table(index="step", columns="run_id", values="value", aggfunc="last").sort_index()
+                mean = wide.mean(axis=1, skipna=True)
+                ax.plot(mean.index, mean.values, color=colors[b], lw=1.6,
+                        label=label + (f", mean of {wide.shape[1]} seeds" if wide.shape[1] > 1 else ""),
+                        marker="o" if len(mean) <= 12 else None, ms=3.5)
+                if wide.shape[1] > 1:
+                    ax.fill_between(wide.index, wide.min(axis=1), wide.max(axis=1), color=colors[b], alpha=0.18,
+                                    lw=0)
+                vals = wide.to_numpy(dtype=float)
+                vals = vals[np.isfinite(vals)]
+                if len(vals):
+                    finite_tops.append(np.percentile(vals, 99))
+            for r in diverged:
+                hd = hist[(hist["metric"] == metric) & (hist["run_id"] == r)].sort_values("step")
+                seed = seeds.get(r)
+                ax.plot(hd["step"], hd["value"], color=colors[b], lw=1.2, ls=":", marker="x", ms=5,
+                        label=label + (f", seed {seed}" if seed is not None else "") + " (diverged)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if metric == "val_loss":
+            top = max(finite_tops) if finite_tops else None
+            if top is not None and math.isfinite(top) and top > 0:
+                ax.set_ylim(0, top * 1.1)
+            ax.set_title("Validation loss")
+        else:
+            ax.set_title("Validation accuracy")
+        if max(hist["step"]) <= 20:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if not handles:
+        handles, labels = axes[1].get_legend_handles_labels()
+    axes[0].legend(handles, labels, title="batch size", fontsize=8.5, title_fontsize=9, loc="lower right")
+    label = table.labels.get(experiment, experiment)
+    fig.suptitle(f"{label} ({experiment}): validation curves per batch size"
+                 + (f"  [{table.dataset}, recipe {table.recipe}]" if table.dataset else ""), fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_test_vs_batch(tables: Sequence[Table], path: Path) -> Path | None:
+    """Test accuracy against batch size, one line per experiment (and its paper line, dashed)."""
+    table_exps = [(t, e) for t in tables for e in t.rows if t.row_values(e)]
+    if not table_exps:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 7.0), dpi=DPI)
+    xs_all: set[int] = set()
+    ys: list[float] = []
+    several = len(tables) > 1
+    styles = ["-", "-.", ":"]
+    for ti, t in enumerate(tables):
+        for e in t.rows:
+            row = t.row_values(e)
+            if not row:
+                continue
+            bss = sorted(row)
+            xs_all |= set(bss)
+            ys += [row[b] for b in bss]
+            color = EXP_COLORS[e]
+            label = t.labels[e] + (f" [{t.dataset}, {t.recipe}]" if several else "")
+            stds = [t.cell(e, b).test_std or 0.0 for b in bss]
+            ax.errorbar(bss, [row[b] for b in bss], yerr=stds if any(stds) else None, color=color,
+                        ls=styles[ti % len(styles)], marker="o", ms=5, lw=1.8, capsize=3, label=label)
+            if t.dataset in (None, "cifar10") and ti == 0:
+                paper = {b: v for b, v in PAPER_TABLE.get(e, {}).items() if v is not None}
+                if paper:
+                    pb = sorted(paper)
+                    xs_all |= set(pb)
+                    ys += [paper[b] for b in pb]
+                    ax.plot(pb, [paper[b] for b in pb], color=color, ls="--", lw=1.2, marker="s", ms=5,
+                            mfc="white", alpha=0.75)
+    _log2_axis(ax, xs_all)
+    ax.set_ylim(max(0.0, min(ys) - 4.0), min(100.0, max(ys) + 3.0))
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Test accuracy vs batch size (best-validation setting per cell)")
+    ax.grid(True, alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="0.3", ls="-", marker="o", label="this reproduction (solid)"),
+                Line2D([], [], color="0.3", ls="--", marker="s", mfc="white", label="paper, Table I (dashed)")]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.015 + 0.032 * math.ceil(len(handles) / 2), 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def factor_lr_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs of the Optuna search over factor_lr."""
+    if not len(runs):
+        return runs
+    keep = ((runs["mlflow_experiment"] == OPTUNA_EXPERIMENT) | (runs["search"] == "optuna")) \
+        & runs["status"].isin(FINISHED) & (runs["role"] != "sweep")
+    return runs[keep]
+
+
+def best_factor_lr(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per batch size, the Optuna trial with the best validation accuracy (batch_size, factor_lr, best_val_acc)."""
+    opt = factor_lr_runs(runs)
+    if not len(opt):
+        return pd.DataFrame(columns=["batch_size", "factor_lr", "best_val_acc", "test_acc", "n_trials"])
+    f = opt["scaled_factor_lr"].where(opt["scaled_factor_lr"].notna(), opt["factor_lr"])
+    opt = opt.assign(f=f, v=opt["best_val_acc"].fillna(0.0))
+    rows = []
+    for bs, g in opt.groupby("batch_size"):
+        best = g.loc[g["v"].idxmax()]
+        rows.append({"batch_size": int(bs), "factor_lr": float(best["f"]), "best_val_acc": best["best_val_acc"],
+                     "test_acc": best["test_acc"], "n_trials": len(g)})
+    return pd.DataFrame(rows)
+
+
+def eq2_factor(batch_size: float, base_factor: float | None = None, base_batch_size: int | None = None) -> float:
+    """Eq. 2: factor_lr = factor_lr_baseline * sqrt(batchsize_baseline / batchsize)."""
+    exp6 = load_experiment("exp6").config
+    f0 = base_factor if base_factor is not None else float(exp6.get("factor_lr", 10.0))
+    b0 = base_batch_size if base_batch_size is not None else int(exp6.get("base_batch_size", 32))
+    return f0 * math.sqrt(b0 / batch_size)
+
+
+def plot_factor_lr(runs: pd.DataFrame, tables: Sequence[Table], path: Path) -> Path | None:
+    """The searched factor_lr per batch size against eq. 2; None when nothing searched factor_lr."""
+    opt = factor_lr_runs(runs)
+    grid = [(c.batch_size, c.setting["factor_lr"], c.best_val_acc) for t in tables[:1]
+            for (e, b), c in t.cells.items() if e == "exp5" and "factor_lr" in c.setting]
+    if not len(opt) and not grid:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5.6), dpi=DPI)
+    xs = set()
+    if len(opt):
+        f = opt["scaled_factor_lr"].where(opt["scaled_factor_lr"].notna(), opt["factor_lr"])
+        sc = ax.scatter(opt["batch_size"].astype(float), f, c=opt["best_val_acc"].astype(float), cmap="viridis",
+                        s=28, alpha=0.8, edgecolors="none", label="Optuna trial (colour: best val. acc.)", zorder=2)
+        cb = fig.colorbar(sc, ax=ax, pad=0.02)
+        cb.set_label("best validation accuracy (%)")
+        best = best_factor_lr(runs)
+        ax.plot(best["batch_size"], best["factor_lr"], color="crimson", marker="*", ms=15, ls="-", lw=1.2,
+                label="Optuna: best factor_lr per batch size", zorder=4)
+        xs |= set(int(b) for b in opt["batch_size"].dropna())
+    if grid:
+        gb = sorted(grid)
+        ax.plot([g[0] for g in gb], [g[1] for g in gb], color="darkorange", marker="D", ms=8, ls="none",
+                mfc="none", mew=2, label="exp5 grid {10, 5, 2}: best-validation factor_lr", zorder=3)
+        xs |= set(g[0] for g in gb)
+    xs |= {32, 1024}
+    bx = np.geomspace(min(xs), max(xs), 200)
+    ax.plot(bx, [eq2_factor(b) for b in bx], color="black", ls="--", lw=1.4,
+            label=r"eq. 2: $10\,\sqrt{32/\mathrm{bs}}$", zorder=1)
+    _log2_axis(ax, xs)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(FixedLocator([0.5, 1, 1.5, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50]))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_ylabel("factor_lr (CyclicLR bounds lr/f .. lr·f)")
+    ax.set_xlabel("batch size")
+    ax.set_title("Best CyclicLR factor per batch size vs eq. 2")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=9, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_figures(runs: pd.DataFrame, history: pd.DataFrame, out_dir: str | Path,
+                  tables: Sequence[Table] | None = None) -> list[Path]:
+    """Write every figure the runs allow into ``out_dir``; returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = list(tables) if tables is not None else build_tables(runs)
+    several = len(tables) > 1
+    written: list[Path] = []
+    for t in tables:
+        for e in t.rows:
+            p = plot_curves(t, history, e, out / f"curves_{e}{_suffix(t, several)}.png", runs)
+            if p:
+                written.append(p)
+    p = plot_test_vs_batch(tables, out / "test_acc_vs_batch_size.png")
+    if p:
+        written.append(p)
+    p = plot_factor_lr(runs, tables, out / "factor_lr_vs_batch_size.png")
+    if p:
+        written.append(p)
+    return written
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.figures", description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument("--out", required=True, help="directory receiving the PNG files")
+    args = p.parse_args(list(argv) if argv is not None else None)
+
+    def body():
+        from .runs import default_tracking_uri, load_history
+
+        uri = args.tracking_uri or default_tracking_uri()
+        runs = load_table_runs(uri, args.dataset, args.recipe)
+        tables = build_tables(runs)
+        if not tables and not len(factor_lr_runs(runs)):
+            raise AnalysisError(f"no finished bigbatch trial runs in {uri} to draw")
+        history = load_history(uri, chosen_run_ids(tables), CURVE_METRICS)
+        for path in write_figures(runs, history, args.out, tables):
+            print(path)
+
+    return cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
