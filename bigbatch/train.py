@@ -1,0 +1,404 @@
+"""Train one run of the paper: one readable loop, config as data, lr as a pure function of the step.
+
+    from bigbatch.config import RunConfig
+    from bigbatch.train import train
+    summary = train(RunConfig(dataset="synthetic", epochs=2), report=print)
+
+Design (see docs/architecture.md):
+- the whole dataset lives on the device as uint8; each epoch draws a permutation on the device and
+  the batch is gathered, normalised and augmented there (bigbatch.data), never per image in Python;
+- lr and momentum come from pure functions of the global step (bigbatch.schedules);
+- no host synchronisation inside the step loop: losses and accuracies accumulate on the device and
+  are read once per epoch, where divergence (a non-finite loss) is also detected;
+- bf16 autocast and channels_last on CUDA, fp32 on CPU;
+- with a checkpoint directory, every `checkpoint_every` epochs the full state (model, optimizer,
+  step, every RNG, best model, history) is written atomically *before* `report` is called, and a
+  run started on a directory holding a checkpoint resumes from it bit-exactly (on CPU).
+
+CLI: ``python -m bigbatch.train [--config F|expN] [--recipe R] [--set k=v ...] [--checkpoint-dir D]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError, RunConfig
+from .data import Augmenter, DataError, DataSplits, DeviceDataset, epoch_order, load_data
+from .model import build_model
+from .schedules import lr_schedule, momentum_schedule
+
+CHECKPOINT = "last.pt"
+BEST_MODEL = "best_model.pt"
+# Keys that may differ between a checkpoint and the config resuming it (they do not change results).
+RESUME_FREE_KEYS = frozenset({"device", "data_dir", "download", "eval_batch_size", "compile"})
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (out of memory, a device that is not there). One line, for a user."""
+
+
+# ---------------------------------------------------------------------------------------------- setup
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if a GPU is visible else cpu; an explicit cuda device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError(f"device={name!r} but no CUDA GPU is visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TrainingError(f"device={name!r} but only {torch.cuda.device_count()} GPU(s) are visible")
+    return dev
+
+
+def autocast_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA (auto), fp32 on CPU (auto); explicit settings win."""
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+@dataclass
+class Run:
+    """Everything one run needs while it trains; built by `setup`, advanced by `train_epoch`."""
+
+    cfg: RunConfig
+    device: torch.device
+    data: DataSplits
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_at: Callable[[int], float]
+    momentum_at: Callable[[int], float]
+    steps_per_epoch: int
+    order_gen: torch.Generator  # draws each epoch's permutation, on the device
+    augment: Augmenter
+    amp_dtype: torch.dtype | None
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    train_seconds: float = 0.0
+
+    @property
+    def step(self) -> int:
+        return self.epoch * self.steps_per_epoch
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+
+def setup(cfg: RunConfig, device: torch.device | None = None, data: DataSplits | None = None) -> Run:
+    """Load data onto the device and build model, optimizer, schedules and RNGs from the config."""
+    device = device or resolve_device(cfg.device)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(cfg.seed)  # model init and dropout
+    data = data or load_data(cfg, device)
+    n = len(data.train)
+    if cfg.batch_size > n:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set ({n} images)")
+    if cfg.norm == "ghost" and cfg.virtual_batch_size > cfg.batch_size:
+        raise ConfigError(f"virtual_batch_size={cfg.virtual_batch_size} is larger than batch_size={cfg.batch_size}")
+    steps_per_epoch = n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
+
+    model = build_model(cfg, data.num_classes, data.in_channels).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    lr_at, momentum_at = lr_schedule(cfg, steps_per_epoch), momentum_schedule(cfg, steps_per_epoch)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=lr_at(0),
+        momentum=momentum_at(0),
+        weight_decay=cfg.weight_decay,
+        foreach=device.type == "cuda" or None,
+    )
+    if cfg.compile:
+        model = torch.compile(model)
+    order_gen = torch.Generator(device=device)
+    order_gen.manual_seed(cfg.seed + 1)
+    augment = Augmenter(cfg, device, seed=cfg.seed + 2)
+    return Run(cfg, device, data, model, optimizer, lr_at, momentum_at, steps_per_epoch, order_gen, augment,
+               autocast_dtype(cfg, device))
+
+
+# ---------------------------------------------------------------------------------------------- loop
+def train_epoch(run: Run) -> dict[str, float]:
+    """One epoch of SGD. Returns train_loss, train_acc (%), lr, momentum, images, seconds."""
+    cfg, model, opt = run.cfg, run.model, run.optimizer
+    train = run.data.train
+    n, bs = len(train), cfg.batch_size
+    model.train()
+    order = epoch_order(n, run.order_gen, run.device)
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), device=run.device, dtype=torch.long)
+    seen = 0
+    t0 = time.perf_counter()
+    for i in range(run.steps_per_epoch):
+        step = run.step + i
+        lr, momentum = run.lr_at(step), run.momentum_at(step)
+        for group in opt.param_groups:  # host-side floats: no device synchronisation
+            group["lr"] = lr
+            group["momentum"] = momentum
+        idx = order[i * bs : (i + 1) * bs]
+        x, y = train.get(idx)
+        x = run.augment(x)
+        with run.autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        count = min(bs, n - i * bs)
+        loss_sum += loss.detach().float() * count
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += count
+    loss_value = (loss_sum / seen).item()  # the epoch's one synchronisation
+    seconds = time.perf_counter() - t0
+    return {
+        "train_loss": loss_value,
+        "train_acc": 100.0 * correct.item() / seen,
+        "lr": run.lr_at(run.step + run.steps_per_epoch - 1),
+        "momentum": run.momentum_at(run.step + run.steps_per_epoch - 1),
+        "images": seen,
+        "seconds": seconds,
+    }
+
+
+@torch.no_grad()
+def evaluate(run: Run, dataset: DeviceDataset, augment: bool = False) -> tuple[float, float]:
+    """(mean loss, accuracy %) of the model in eval mode over a whole dataset."""
+    run.model.eval()
+    n, bs = len(dataset), run.cfg.eval_batch_size
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), device=run.device, dtype=torch.long)
+    for start in range(0, n, bs):
+        idx = torch.arange(start, min(start + bs, n), device=run.device)
+        x, y = dataset.get(idx)
+        if augment:
+            x = run.augment(x)
+        with run.autocast():
+            logits = run.model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    return (loss_sum / n).item(), 100.0 * correct.item() / n
+
+
+def _raw_model(run: Run) -> torch.nn.Module:
+    return getattr(run.model, "_orig_mod", run.model)  # unwrap torch.compile
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def _atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over the target."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run: Run, directory: Path, best_changed: bool) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = {
+        "torch": torch.get_rng_state(),
+        "order": run.order_gen.get_state(),
+        "augment": run.augment.state_dict(),
+    }
+    if run.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(run.device)
+    if best_changed and run.best_state is not None:
+        _atomic_save(run.best_state, directory / BEST_MODEL)
+    state = {
+        "epoch": run.epoch,
+        "model": _raw_model(run).state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "rng": rng,
+        "best": {"val_acc": run.best_val_acc, "epoch": run.best_epoch, "state": run.best_state},
+        "history": run.history,
+        "train_seconds": run.train_seconds,
+        "config": run.cfg.to_dict(),
+    }
+    _atomic_save(state, directory / CHECKPOINT)
+
+
+def load_checkpoint(run: Run, directory: Path) -> bool:
+    """Restore a run from directory/last.pt; False when there is none."""
+    path = directory / CHECKPOINT
+    if not path.exists():
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn or foreign file: say which, do not guess
+        raise TrainingError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    saved = state["config"]
+    diff = [k for k, v in run.cfg.to_dict().items() if k not in RESUME_FREE_KEYS and saved.get(k) != v]
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"checkpoint {path} was written for another config ({k}={saved.get(k)!r}, now {getattr(run.cfg, k)!r}); use a new --checkpoint-dir")
+    _raw_model(run).load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    run.order_gen.set_state(state["rng"]["order"])  # generator states are CPU byte tensors, on any device
+    run.augment.load_state_dict(state["rng"]["augment"])
+    if "cuda" in state["rng"] and run.device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng"]["cuda"], run.device)
+    run.epoch = state["epoch"]
+    run.history = list(state["history"])
+    run.best_val_acc = state["best"]["val_acc"]
+    run.best_epoch = state["best"]["epoch"]
+    run.best_state = state["best"]["state"]
+    run.train_seconds = state["train_seconds"]
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- train
+def train(
+    cfg: RunConfig,
+    report: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 1,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """Train one run; returns the summary (see docs/architecture.md for every key)."""
+    if checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    run = setup(cfg, device)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None:
+        load_checkpoint(run, ckpt)
+    total = cfg.total_epochs
+    status, diverged_epoch = "completed", None
+    try:
+        while run.epoch < total:
+            t0 = time.perf_counter()
+            tr = train_epoch(run)
+            if not math.isfinite(tr["train_loss"]):
+                status, diverged_epoch = "diverged", run.epoch + 1
+                break
+            val_loss, val_acc = evaluate(run, run.data.val, augment=cfg.augment_val)
+            run.epoch += 1
+            best_changed = val_acc > run.best_val_acc
+            if best_changed:
+                run.best_val_acc, run.best_epoch = val_acc, run.epoch
+                run.best_state = _cpu_state(_raw_model(run))
+            epoch_seconds = time.perf_counter() - t0
+            run.train_seconds += epoch_seconds
+            metrics = {
+                "epoch": run.epoch,
+                "train_loss": tr["train_loss"],
+                "train_acc": tr["train_acc"],
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": tr["lr"],
+                "momentum": tr["momentum"],
+                "epoch_seconds": epoch_seconds,
+                "images_per_second": tr["images"] / tr["seconds"],
+                "best_val_acc": run.best_val_acc,
+                "best_epoch": run.best_epoch,
+            }
+            run.history.append(metrics)
+            checkpointed = ckpt is not None and (run.epoch % checkpoint_every == 0 or run.epoch == total)
+            if checkpointed:
+                save_checkpoint(run, ckpt, best_changed or not (ckpt / BEST_MODEL).exists())
+            if report is not None:
+                report({**metrics, "checkpointed": checkpointed})
+    except torch.OutOfMemoryError:
+        raise TrainingError(
+            f"out of memory on {run.device} at batch_size={cfg.batch_size} "
+            f"(another trial packed on the same GPU, or the batch is too large)"
+        ) from None
+    return _summary(run, status, diverged_epoch)
+
+
+def _summary(run: Run, status: str, diverged_epoch: int | None) -> dict[str, Any]:
+    chance = 100.0 / run.data.num_classes
+    if status == "diverged":
+        best_val_acc, best_epoch = chance, 0
+        test_loss, test_acc = float("nan"), chance
+    else:
+        _raw_model(run).load_state_dict(run.best_state)  # the paper's rule: test the best-val model
+        test_loss, test_acc = evaluate(run, run.data.test)
+        best_val_acc, best_epoch = run.best_val_acc, run.best_epoch
+    return {
+        "status": status,
+        "best_val_acc": best_val_acc,
+        "best_epoch": best_epoch,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "diverged_epoch": diverged_epoch,
+        "epochs_run": run.epoch,
+        "train_seconds": run.train_seconds,
+        "steps_per_epoch": run.steps_per_epoch,
+        "num_train": len(run.data.train),
+        "device": str(run.device),
+        "device_name": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
+        "history": run.history,
+        "config": run.cfg.to_dict(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bigbatch.train",
+        description="Train one run. Prints one JSON line per epoch, then a JSON summary.",
+    )
+    p.add_argument("--config", help="a RunConfig JSON file, an experiment name (exp1..exp6) or bigbatch/configs/expN.json")
+    p.add_argument("--recipe", default="text", help="experiments only: text (default) | authors-code")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys (values parsed as JSON)")
+    p.add_argument("--checkpoint-dir", help="save a checkpoint here after every epoch; resume from it if it holds one")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import parse_set
+    from .experiments import load_config
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.recipe, parse_set(args.set))
+        summary = train(
+            cfg,
+            report=lambda m: print(json.dumps(m), flush=True),
+            checkpoint_dir=args.checkpoint_dir,
+            checkpoint_every=args.checkpoint_every,
+        )
+    except (ConfigError, DataError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        where = f"; resume with --checkpoint-dir {args.checkpoint_dir}" if args.checkpoint_dir else ""
+        print(f"interrupted{where}", file=sys.stderr)
+        return 130
+    summary.pop("history")
+    print(json.dumps({"summary": summary}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The training loop: metrics, the selection rule, divergence, exact resume, atomic checkpoints, the CLI."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bigbatch import train as train_mod
+from bigbatch.config import ConfigError, RunConfig
+from bigbatch.train import BEST_MODEL, CHECKPOINT, TrainingError, main, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A narrow VGG13 on a few hundred synthetic images: seconds per run on a 2-core CPU.
+TINY = dict(dataset="synthetic", synthetic_size=384, val_size=128, width_mult=0.125, batch_size=32,
+            epochs=3, eval_batch_size=256, seed=0, device="cpu", lr=0.05)
+# Every source of randomness and state at once: ghost BN, cyclic lr with cycling momentum,
+# all augmentations, augmented validation, weight decay, a kept partial batch.
+STATEFUL = dict(TINY, norm="ghost", virtual_batch_size=16, schedule="cyclic", factor_lr=4.0, cyclic_step_epochs=1,
+                cycle_momentum=True, rotate_p=1.0, translate_p=1.0, augment_val=True, weight_decay=1e-4,
+                drop_last=False, epochs=4, batch_size=40)
+
+REQUIRED_EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
+                       "images_per_second", "momentum", "best_val_acc", "best_epoch", "checkpointed"}
+
+
+def test_reports_every_epoch_and_summarises():
+    seen = []
+    summary = train(RunConfig(**TINY), report=seen.append)
+    assert [m["epoch"] for m in seen] == [1, 2, 3]
+    for m in seen:
+        assert REQUIRED_EPOCH_KEYS <= set(m)
+        assert 0 <= m["val_acc"] <= 100 and m["images_per_second"] > 0 and not m["checkpointed"]
+    assert summary["status"] == "completed"
+    assert summary["epochs_run"] == 3 and summary["steps_per_epoch"] == 256 // 32
+    best = max(seen, key=lambda m: m["val_acc"])  # first maximum: strictly-better rule
+    assert summary["best_val_acc"] == best["val_acc"] and summary["best_epoch"] == best["epoch"]
+    assert {"test_acc", "test_loss"} <= set(summary) and 0 <= summary["test_acc"] <= 100
+    assert seen[-1]["train_loss"] < seen[0]["train_loss"]  # it learns
+
+
+def test_test_accuracy_is_of_the_best_validation_model(monkeypatch):
+    """Selection rule: the model tested is the one of the best validation epoch, not the last."""
+    cfg = RunConfig(**dict(TINY, epochs=3))
+    accs = iter([(1.0, 50.0), (1.0, 90.0), (1.0, 10.0)])  # val (loss, acc) per epoch: best is epoch 2
+    real_eval = train_mod.evaluate
+    states = {}
+
+    def fake_eval(run, dataset, augment=False):
+        if dataset is run.data.val:
+            states[run.epoch + 1] = {k: v.clone() for k, v in run.model.state_dict().items()}
+            return next(accs)
+        tested = run.model.state_dict()
+        assert all(torch.equal(tested[k], states[2][k]) for k in tested)
+        return real_eval(run, dataset, augment)
+
+    monkeypatch.setattr(train_mod, "evaluate", fake_eval)
+    summary = train(cfg)
+    assert (summary["best_val_acc"], summary["best_epoch"]) == (90.0, 2)
+
+
+def test_divergence_stops_with_chance_level_results():
+    seen = []
+    summary = train(RunConfig(**dict(TINY, lr=1e6, epochs=3)), report=seen.append)
+    assert summary["status"] == "diverged"
+    assert summary["test_acc"] == pytest.approx(10.0) and summary["best_val_acc"] == pytest.approx(10.0)
+    assert summary["diverged_epoch"] == 1 and seen == []
+
+
+def test_same_seed_same_metrics_on_cpu():
+    a = train(RunConfig(**STATEFUL))
+    b = train(RunConfig(**STATEFUL))
+    assert a["history"] and [
+        {k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_second")} for m in a["history"]
+    ] == [{k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_second")} for m in b["history"]]
+    assert (a["test_acc"], a["test_loss"]) == (b["test_acc"], b["test_loss"])
+
+
+def _strip(history):
+    return [{k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_second", "checkpointed")} for m in history]
+
+
+class Stop(Exception):
+    pass
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+    cfg = RunConfig(**STATEFUL)
+    full = train(cfg)
+
+    def die_after_2(m):
+        if m["epoch"] == 2:
+            raise Stop  # the process dies after epoch 2's checkpoint is on disk
+
+    with pytest.raises(Stop):
+        train(cfg, report=die_after_2, checkpoint_dir=tmp_path)
+    assert (tmp_path / CHECKPOINT).exists() and (tmp_path / BEST_MODEL).exists()
+    resumed_reports = []
+    resumed = train(cfg, report=resumed_reports.append, checkpoint_dir=tmp_path)
+    assert [m["epoch"] for m in resumed_reports] == [3, 4]  # only the epochs still to run
+    assert _strip(resumed["history"]) == _strip(full["history"])
+    assert (resumed["test_acc"], resumed["test_loss"], resumed["best_epoch"]) == (
+        full["test_acc"], full["test_loss"], full["best_epoch"])
+    # a finished checkpoint resumes to the same summary without training
+    again = train(cfg, report=lambda m: pytest.fail("no epoch should run"), checkpoint_dir=tmp_path)
+    assert again["test_acc"] == full["test_acc"]
+
+
+def test_checkpoint_every_n_epochs(tmp_path):
+    seen = []
+    train(RunConfig(**dict(TINY, epochs=3)), report=seen.append, checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert [m["checkpointed"] for m in seen] == [False, True, True]  # the last epoch always
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    train(RunConfig(**dict(TINY, epochs=1)), checkpoint_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"written for another config \(lr=0.05, now 0.1\)"):
+        train(RunConfig(**dict(TINY, epochs=1, lr=0.1)), checkpoint_dir=tmp_path)
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    cfg = RunConfig(**dict(TINY, epochs=3))
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def torn_save(obj, f, *a, **k):
+        calls["n"] += 1
+        if isinstance(obj, dict) and obj.get("epoch") == 2:
+            f.write(b"half a checkpoint")
+            raise OSError("disk full")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError):
+        train(cfg, checkpoint_dir=tmp_path)
+    monkeypatch.setattr(torch, "save", real_save)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 1  # the epoch-1 checkpoint is intact
+    seen = []
+    train(cfg, report=seen.append, checkpoint_dir=tmp_path)
+    assert [m["epoch"] for m in seen] == [2, 3]
+
+
+def test_batch_larger_than_training_set():
+    with pytest.raises(ConfigError, match=r"batch_size=512 is larger than the training set \(256 images\)"):
+        train(RunConfig(**dict(TINY, batch_size=512)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_missing_gpu_is_a_clear_error():
+    with pytest.raises(TrainingError, match="device='cuda' but no CUDA GPU is visible"):
+        train(RunConfig(**dict(TINY, device="cuda")))
+
+
+# ---- CLI ----
+def _cli(args, cwd):
+    return subprocess.run([sys.executable, "-m", "bigbatch.train", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_cli_prints_json_lines_and_resumes(tmp_path):
+    sets = ["--set", *(f"{k}={json.dumps(v)}" for k, v in dict(TINY, epochs=2).items())]
+    r = _cli(["--config", "exp3", *sets, "--checkpoint-dir", str(tmp_path / "ck")], ROOT)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [m["epoch"] for m in lines[:-1]] == [1, 2]
+    summary = lines[-1]["summary"]
+    assert summary["status"] == "completed" and summary["config"]["norm"] == "ghost"
+    r2 = _cli(["--config", "exp3", *sets, "--checkpoint-dir", str(tmp_path / "ck")], ROOT)
+    assert json.loads(r2.stdout.splitlines()[-1])["summary"]["test_acc"] == summary["test_acc"]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--config", "{missing}"], "config file not found"),
+        (["--config", "{bad}"], "malformed JSON"),
+        (["--set", "batch_sise=64"], "unknown config key 'batch_sise'"),
+        (["--set", "batch_size=0"], "batch_size must be a positive integer"),
+        (["--set", "batch_size=abc"], "batch_size must be int"),
+        (["--config", "exp9"], "config file not found"),
+        (["--config", "exp5", "--recipe", "nope"], "unknown recipe 'nope'"),
+        (["--set", "dataset=synthetic", "val_size=5000"], "val_size"),
+        (["--set", "dataset=cifar10", "download=false", "data_dir={missing}"], "not found"),
+        (["--set", "dataset=synthetic", "device=cuda"] if not torch.cuda.is_available() else ["--set", "device=cuda:99"], "GPU"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(args, fragment, tmp_path, capsys):
+    (tmp_path / "bad.json").write_text('{"batch_size": ')
+    args = [a.format(missing=tmp_path / "nope", bad=tmp_path / "bad.json") for a in args]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
