@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m bigbatch.demo
+	$(PY) -m sweeps.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
