@@ -156,7 +156,7 @@ def plot_test_vs_batch(tables: Sequence[Table], path: Path) -> Path | None:
             stds = [t.cell(e, b).test_std or 0.0 for b in bss]
             ax.errorbar(bss, [row[b] for b in bss], yerr=stds if any(stds) else None, color=color,
                         ls=styles[ti % len(styles)], marker="o", ms=5, lw=1.8, capsize=3, label=label)
-            if t.dataset in (None, "cifar10") and ti == 0:
+            if ti == 0:
                 paper = {b: v for b, v in PAPER_TABLE.get(e, {}).items() if v is not None}
                 if paper:
                     pb = sorted(paper)

@@ -65,7 +65,10 @@ def deviations(runs: pd.DataFrame) -> list[str]:
                 out.append(f"`{key}` = {', '.join(vals)} (the paper: {_fmt_value(paper)})")
     ds = sorted(set(runs["dataset"].dropna()))
     if ds and ds != ["cifar10"]:
-        out.append(f"dataset = {', '.join(ds)} (the paper: cifar10); the paper's values are shown for cifar10 only")
+        out.append(f"dataset = {', '.join(ds)} (the paper: cifar10)")
+    if "smoke_test" in runs.columns and runs["smoke_test"].fillna(False).astype(bool).any():
+        n = int(runs["smoke_test"].fillna(False).astype(bool).sum())
+        out.insert(0, f"{n} of the {len(runs)} runs come from smoke-test sweeps (tiny model and data)")
     return out
 
 
@@ -104,7 +107,7 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
     for t in tables:
         if len(tables) > 1:
             add(f"### {t.title}\n")
-        body = render_markdown([t], paper=t.dataset in (None, "cifar10"))
+        body = render_markdown([t], paper=True)
         add(body)
 
     # ---- spread

@@ -40,7 +40,7 @@ COLUMNS = (
     "experiment", "paper_row", "batch_size", "recipe", "dataset", "seed", "factor_lr", "scaled_factor_lr",
     "scaled_lr", "total_epochs", "status", "best_val_acc", "best_epoch", "test_acc", "test_loss",
     "train_seconds", "epoch_seconds", "val_acc", "run_id", "run_name", "mlflow_experiment", "sweep", "search",
-    "role", "trial_id", "parent_run_id", "mlflow_status", "start_time", "end_time",
+    "role", "trial_id", "parent_run_id", "smoke_test", "mlflow_status", "start_time", "end_time",
 )
 # tag -> column (the tag ``bigbatch.device`` is the device the run used; the param ``device`` is the request)
 EXTRA_TAGS = {"git_commit": "git_commit", "device": "run_device", "torch_version": "torch_version",
@@ -53,11 +53,11 @@ class AnalysisError(Exception):
 
 def default_tracking_uri() -> str:
     """The tracking URI used when none is given: ``sqlite:///<abs cwd>/mlflow.db`` (as the sweeps)."""
-    try:  # one default for the whole project, if the sweeps define it
-        from sweeps import DEFAULT_TRACKING_URI  # type: ignore[attr-defined]
+    try:  # one default for the whole project: the sweeps' (light module: no ray, no mlflow at import)
+        from sweeps.tracking import default_tracking_uri as sweeps_default
 
-        return DEFAULT_TRACKING_URI() if callable(DEFAULT_TRACKING_URI) else str(DEFAULT_TRACKING_URI)
-    except Exception:  # noqa: BLE001 - sweeps absent or without the constant
+        return sweeps_default()
+    except Exception:  # noqa: BLE001 - sweeps absent
         return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
@@ -258,6 +258,10 @@ def load_runs(
                     break
         except Exception as e:  # noqa: BLE001
             raise AnalysisError(f"cannot read runs from MLflow tracking URI {uri}: {_one_line(e)}") from None
+    smoke = {r["run_id"]: r["smoke_test"] for r in records if r["role"] == "sweep"}
+    for r in records:  # the sweep's parent run carries the smoke-test tag for its trials
+        if r["smoke_test"] is None:
+            r["smoke_test"] = smoke.get(r["parent_run_id"])
     df = _frame(records)
     if not include_parents and len(df):
         df = df[df["role"] != "sweep"]
@@ -299,6 +303,7 @@ def _record(run: Any, id_to_name: dict[str, str]) -> dict[str, Any]:
         "role": role,
         "trial_id": tags.get(TAG + "trial_id"),
         "parent_run_id": tags.get("mlflow.parentRunId"),
+        "smoke_test": _to_bool(tags[TAG + "smoke_test"]) if TAG + "smoke_test" in tags else None,
         "mlflow_status": info.status,
         "start_time": info.start_time,
         "end_time": info.end_time,

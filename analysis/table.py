@@ -194,7 +194,6 @@ def build_table(
         dataset, recipe = combos[0]
     seen = sorted({int(b) for b in runs["batch_size"].dropna()}) if len(runs) else []
     cols = sorted(set(batch_sizes if batch_sizes is not None else PAPER_BATCH_SIZES) | set(seen))
-    compare_paper = dataset in (None, "cifar10")
     cells: dict[tuple[str, int], Cell] = {}
     unfinished_only: dict[tuple[str, int], int] = {}
     for (exp, bs), cell_runs in runs.groupby(["experiment", "batch_size"], sort=True):
@@ -225,7 +224,7 @@ def build_table(
             searched={k: [_plain(v) for v in vs] for k, vs in searched.items()},
             edge=edge,
             run_ids=chosen["run_id"].tolist(),
-            paper=PAPER_TABLE.get(exp, {}).get(bs) if compare_paper else None,
+            paper=PAPER_TABLE.get(exp, {}).get(bs),
         )
     labels = {e: load_experiment(e).label for e in EXPERIMENTS}
     return Table(dataset, recipe, cols, list(EXPERIMENTS), labels, cells, unfinished_only)
@@ -278,10 +277,10 @@ def rows(table: Table, paper: bool = False) -> list[list[str]]:
     for e in table.rows:
         cells = []
         for b in table.batch_sizes:
-            expected = PAPER_TABLE.get(e, {}).get(b) if table.dataset in (None, "cifar10") else None
+            expected = PAPER_TABLE.get(e, {}).get(b)
             cells.append(cell_text(table.cell(e, b), paper, expected_paper=expected))
         sp, gp = table.spread(e), table.gap(e)
-        if paper and table.dataset in (None, "cifar10"):
+        if paper:
             psp, pgp = paper_spread(e), paper_gap(e)
             cells += [f"{_num(sp)} ({_num(psp)}, {_num(_diff(sp, psp), True)})",
                       f"{_num(gp)} ({_num(pgp)}, {_num(_diff(gp, pgp), True)})"]
@@ -380,7 +379,7 @@ def render_csv(tables: Sequence[Table], paper: bool = False) -> str:
                 if has_std:
                     rec.append(num(c.test_std) if c else "")
                 if paper:
-                    ref = PAPER_TABLE.get(e, {}).get(b) if t.dataset in (None, "cifar10") else None
+                    ref = PAPER_TABLE.get(e, {}).get(b)
                     rec += [num(ref), num(c.diff) if c else ""]
             sp, gp = t.spread(e), t.gap(e)
             rec += [num(sp), num(gp)]

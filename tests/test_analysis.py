@@ -1,0 +1,456 @@
+"""Unit tests of analysis/ on an MLflow store written with the MLflow client, following the schema of
+docs/architecture.md exactly (what the sweeps write). The end-to-end test on a real smoke sweep is
+tests/test_analysis_e2e.py.
+
+The store (``fake_store``) holds, by design:
+- exp1 at every batch size with two seeds (mean and std), and one failed trial;
+- exp2 without batch size 1024 (a '-' cell);
+- exp5 with factor_lr in {10, 5, 2} per batch size; at 1024 the best-validation setting (f=2) has a
+  WORSE test accuracy than f=5 (the selection rule must pick f=2) and lies on the edge of the grid;
+- exp6 with one diverged trial at 1024;
+- no exp3 and no exp4 (absent experiments);
+- an Optuna search over factor_lr at 256, 512 and 1024;
+- a parent run per sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bigbatch.experiments import load_experiment
+
+EPOCHS = 5
+
+# (experiment, batch_size, overrides, seed) -> (final val acc, test acc, status)
+EXP1 = {32: 86.0, 64: 85.0, 128: 82.0, 256: 74.0, 512: 59.0, 1024: 40.0}
+EXP2 = {32: 86.5, 64: 86.0, 128: 85.0, 256: 83.0, 512: 84.0}
+# exp5: factor_lr -> (val, test) per batch size
+EXP5 = {
+    32: {10: (90.0, 90.5), 5: (91.0, 90.9), 2: (89.0, 89.5)},
+    64: {10: (91.0, 91.2), 5: (90.0, 90.1), 2: (88.0, 88.3)},
+    128: {10: (90.5, 90.7), 5: (90.0, 90.2), 2: (89.0, 89.0)},
+    256: {10: (90.0, 90.6), 5: (90.4, 90.4), 2: (89.0, 89.1)},
+    512: {10: (89.0, 89.9), 5: (90.2, 90.1), 2: (89.9, 90.0)},
+    1024: {10: (82.0, 82.5), 5: (88.0, 89.9), 2: (89.5, 88.8)},  # best val f=2, best test f=5
+}
+EXP6 = {32: 90.9, 64: 91.2, 128: 91.0, 256: 90.8, 512: 90.6, 1024: 89.6}
+OPTUNA = {256: {3.0: 90.1, 4.5: 90.6, 8.0: 89.0}, 512: {2.0: 89.5, 3.1: 90.4, 6.0: 88.0},
+          1024: {1.5: 88.9, 2.2: 89.6, 4.0: 87.0}}
+
+
+def _param_str(v):
+    if isinstance(v, (list, tuple)):
+        return json.dumps(list(v))
+    return str(v)
+
+
+def build_store(db: Path) -> str:
+    """Write the fake sweeps into a fresh SQLite MLflow store; returns its tracking URI."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{db}"
+    client = MlflowClient(tracking_uri=uri)
+    t0 = 1_700_000_000_000
+    clock = [t0]
+
+    def tick(ms=1000):
+        clock[0] += ms
+        return clock[0]
+
+    exp_ids: dict[str, str] = {}
+    parents: dict[str, str] = {}
+
+    def experiment_id(mlflow_name):
+        if mlflow_name not in exp_ids:
+            exp_ids[mlflow_name] = client.create_experiment(mlflow_name)
+        return exp_ids[mlflow_name]
+
+    def parent(mlflow_name, sweep, search):
+        if sweep not in parents:
+            run = client.create_run(experiment_id(mlflow_name), run_name=sweep, start_time=tick(),
+                                    tags={"bigbatch.role": "sweep", "bigbatch.sweep": sweep, "bigbatch.search": search})
+            client.set_terminated(run.info.run_id, "FINISHED", end_time=tick())
+            parents[sweep] = run.info.run_id
+        return parents[sweep]
+
+    def trial(name, bs, seed, val, test, status="completed", mlflow_name=None, search="grid", **overrides):
+        exp = load_experiment(name)
+        cfg = exp.run_config(bs, seed=seed, epochs=EPOCHS, **overrides)
+        mlflow_name = mlflow_name or f"bigbatch-{name}"
+        sweep = f"{mlflow_name[len('bigbatch-'):]}-sweep"
+        pid = parent(mlflow_name, sweep, search)
+        f = overrides.get("factor_lr")
+        run_name = f"{name} bs={bs}" + (f" f={f:g}" if f is not None else "") + f" seed={seed}"
+        tags = {
+            "mlflow.parentRunId": pid, "bigbatch.role": "trial", "bigbatch.experiment": name,
+            "bigbatch.paper_row": exp.label, "bigbatch.recipe": cfg.recipe, "bigbatch.dataset": cfg.dataset,
+            "bigbatch.status": "running", "bigbatch.trial_id": f"t{len(clock)}_{tick(1)}",
+            "bigbatch.sweep": sweep, "bigbatch.search": search, "bigbatch.git_commit": "abc123",
+            "bigbatch.device": "cpu", "bigbatch.torch_version": "2.14.1", "bigbatch.ray_version": "2.60.0",
+        }
+        run = client.create_run(experiment_id(mlflow_name), run_name=run_name, start_time=tick(), tags=tags)
+        rid = run.info.run_id
+        params = {**cfg.to_dict(), "scaled_lr": cfg.scaled_lr, "total_epochs": cfg.total_epochs,
+                  "scaled_factor_lr": cfg.scaled_factor_lr}
+        client.log_batch(rid, params=[Param(k, _param_str(v)) for k, v in params.items()])
+        if status == "failed":
+            client.set_tag(rid, "bigbatch.status", "failed")
+            client.set_terminated(rid, "FAILED", end_time=tick())
+            return rid
+        epochs = 2 if status == "diverged" else EPOCHS
+        metrics, best, best_epoch = [], -1.0, 0
+        for e in range(1, epochs + 1):
+            ts = tick(100)
+            if status == "diverged":
+                va, vl = 10.0, float("nan") if e == epochs else 2.303
+            else:  # rises towards val; the last epoch is the best
+                va, vl = val - 3.0 * (epochs - e), 0.3 + 0.2 * (epochs - e) + (100 - val) / 50
+            if va > best:
+                best, best_epoch = va, e
+            for key, value in {"train_loss": vl * 0.8, "train_acc": va + 2, "val_loss": vl, "val_acc": va,
+                               "lr": cfg.scaled_lr, "momentum": 0.0, "epoch_seconds": 2.0 * bs / 32 + 1,
+                               "images_per_second": 1000.0}.items():
+                metrics.append(Metric(key, value, ts, e))
+        train_seconds = epochs * (2.0 * bs / 32 + 1)
+        ts = tick()
+        for key, value in {"best_val_acc": best, "best_epoch": best_epoch, "test_acc": test,
+                           "test_loss": 0.5, "train_seconds": train_seconds}.items():
+            metrics.append(Metric(key, value, ts, 0))
+        client.log_batch(rid, metrics=metrics, tags=[RunTag("bigbatch.status", status)])
+        client.set_terminated(rid, "FINISHED", end_time=tick())
+        return rid
+
+    for bs, acc in EXP1.items():
+        for seed in (0, 1):
+            d = 0.5 if seed else -0.5  # mean = acc, std = 0.7071
+            trial("exp1", bs, seed, acc + d + 0.1, acc + d)
+    trial("exp1", 32, 2, 0, 0, status="failed")
+    for bs, acc in EXP2.items():
+        rid = trial("exp2", bs, 0, acc + 0.2, acc)
+        if bs == 32:  # a resumed trial re-logging its last epoch: the history keeps one value per step
+            client.log_metric(rid, "val_acc", acc + 0.2, timestamp=tick(), step=EPOCHS)
+    for bs, grid in EXP5.items():
+        for f, (val, test) in grid.items():
+            trial("exp5", bs, 0, val, test, factor_lr=f)
+    for bs, acc in EXP6.items():
+        trial("exp6", bs, 0, acc + 0.1, acc)
+    trial("exp6", 1024, 1, 10.0, 10.0, status="diverged")
+    for bs, grid in OPTUNA.items():
+        for f, val in grid.items():
+            trial("exp5", bs, 0, val, val - 0.2, mlflow_name="bigbatch-optuna-factor-lr", search="optuna", factor_lr=f)
+    return uri
+
+
+# ============================================================================================ fixtures
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return build_store(tmp_path_factory.mktemp("analysis") / "mlflow.db")
+
+
+@pytest.fixture(scope="module")
+def runs(store):
+    from analysis.runs import load_runs
+
+    return load_runs(store)
+
+
+@pytest.fixture(scope="module")
+def table(runs):
+    from analysis.table import build_table
+
+    return build_table(runs)
+
+
+# ============================================================================================ loading
+def test_load_runs_is_tidy_and_typed(store, runs):
+    from analysis.runs import COLUMNS, load_runs
+
+    assert len(runs) == 6 * 2 + 1 + 5 + 6 * 3 + 7 + 9  # trials only, one row each
+    assert runs["run_id"].is_unique
+    assert set(COLUMNS) <= set(runs.columns)
+    assert (runs["role"] == "trial").all()
+    assert set(runs["status"]) == {"completed", "diverged", "failed"}
+    assert pd.api.types.is_integer_dtype(runs["batch_size"]) and pd.api.types.is_integer_dtype(runs["seed"])
+    assert pd.api.types.is_float_dtype(runs["factor_lr"]) and pd.api.types.is_float_dtype(runs["test_acc"])
+    assert pd.api.types.is_bool_dtype(runs["drop_last"])
+    assert runs["milestones"].iloc[0] == (30, 60, 90)
+    assert set(runs["experiment"]) == {"exp1", "exp2", "exp5", "exp6"}
+    assert runs.loc[runs["experiment"] == "exp5", "paper_row"].iloc[0] == "GhostBatchNorm + CyclicLR"
+    exp6 = runs[runs["experiment"] == "exp6"].sort_values("batch_size")
+    assert exp6["scaled_factor_lr"].iloc[-1] == pytest.approx(10 * math.sqrt(32 / 1024))
+    assert len(load_runs(store, include_parents=True)) == len(runs) + 5  # one parent per sweep
+    assert len(load_runs(store, experiments=["exp5"])) == 18
+    assert len(load_runs(store, experiments=["bigbatch-optuna-factor-lr"])) == 9
+    assert len(load_runs(store, recipe="authors-code")) == 0
+    assert len(load_runs(store, dataset="cifar10")) == len(runs)
+
+
+def test_load_history_long_and_deduplicated(store, runs):
+    from analysis.runs import load_history
+
+    rid = runs[(runs["experiment"] == "exp2") & (runs["batch_size"] == 32)]["run_id"].iloc[0]
+    h = load_history(store, [rid], ("val_acc", "val_loss"))
+    assert list(h.columns) == ["run_id", "metric", "step", "value"]
+    assert len(h) == 2 * EPOCHS  # the re-logged epoch counts once
+    assert sorted(h[h["metric"] == "val_acc"]["step"]) == list(range(1, EPOCHS + 1))
+
+
+# ============================================================================================ Table I
+def test_table_shape(table):
+    from analysis.table import render
+
+    assert table.rows == [f"exp{i}" for i in range(1, 7)]
+    assert table.batch_sizes == [32, 64, 128, 256, 512, 1024]
+    assert table.labels["exp4"] == "GhostBatchNorm + Linear Scaling Rule + Gradual Warmup"
+    md = render(table, "markdown").splitlines()
+    assert md[0].startswith("| experiment | 32 | 64 | 128 | 256 | 512 | 1024 | spread | gap |")
+    body = [line for line in md[2:8]]
+    assert [line.split(" | ")[0].lstrip("| ") for line in body] == [table.labels[e] for e in table.rows]
+    assert all(line.count(" | ") == 8 for line in body)
+
+
+def test_selection_is_by_validation_not_test(table):
+    c = table.cell("exp5", 1024)
+    assert c.setting == {"factor_lr": 2.0}  # best validation (89.5) ...
+    assert c.test_acc == pytest.approx(88.8)  # ... although f=5 has the better test accuracy (89.9)
+    assert c.searched == {"factor_lr": [2.0, 5.0, 10.0]} and c.n_settings == 3 and c.n_runs == 3
+    assert table.cell("exp5", 32).setting == {"factor_lr": 5.0}
+    assert table.cell("exp5", 32).test_acc == pytest.approx(90.9)
+
+
+def test_selection_rule_over_seeds_on_a_frame():
+    """Pure: the setting with the best MEAN validation accuracy wins, not the single best run."""
+    from analysis.table import build_table
+
+    rows = []
+    for i, (f, seed, val, test) in enumerate([(10.0, 0, 95.0, 95.0), (10.0, 1, 75.0, 70.0),  # mean val 85
+                                              (5.0, 0, 86.0, 80.0), (5.0, 1, 86.0, 82.0)]):  # mean val 86
+        rows.append({"mlflow_experiment": "bigbatch-exp5", "role": "trial", "experiment": "exp5", "batch_size": 256,
+                     "dataset": "cifar10", "recipe": "text", "status": "completed", "best_val_acc": val,
+                     "test_acc": test, "run_id": f"r{i}", "seed": seed, "factor_lr": f})
+    t = build_table(pd.DataFrame(rows))
+    c = t.cell("exp5", 256)
+    assert c.setting == {"factor_lr": 5.0} and c.n_seeds == 2
+    assert c.test_acc == pytest.approx(81.0) and c.test_std == pytest.approx(math.sqrt(2))
+    assert c.edge == ["factor_lr"]  # 5 is the smallest of {5, 10}
+    assert sorted(c.run_ids) == ["r2", "r3"]
+
+
+def test_seeds_mean_std_and_unfinished(table):
+    c = table.cell("exp1", 32)
+    assert c.n_seeds == 2 and c.test_acc == pytest.approx(86.0) and c.test_std == pytest.approx(math.sqrt(0.5))
+    assert c.n_unfinished == 1  # the failed trial takes no part
+    assert c.setting == {} and c.edge == []
+    assert table.cell("exp2", 64).test_std is None  # one seed: no std
+
+
+def test_missing_cells_are_dashes(table):
+    from analysis.table import render
+
+    assert table.cell("exp2", 1024) is None
+    assert all(table.cell("exp3", b) is None for b in table.batch_sizes)
+    md = render(table, "markdown").splitlines()
+    exp2 = next(line for line in md if line.startswith("| Scaled Epochs"))
+    assert exp2.split(" | ")[6] == "-"  # batch size 1024
+    exp3 = next(line for line in md if line.startswith("| GhostBatchNorm + Linear Scaling Rule |"))
+    assert exp3.count(" - ") + exp3.count(" -|") >= 6
+
+
+def test_spread_gap_and_paper_values(table):
+    from analysis.table import paper_gap, paper_spread
+
+    assert table.spread("exp1") == pytest.approx(46.0) and table.gap("exp1") == pytest.approx(46.0)
+    assert table.spread("exp2") == pytest.approx(3.5)
+    assert table.spread("exp3") is None
+    assert paper_spread("exp1") == pytest.approx(46.91) and paper_gap("exp1") == pytest.approx(46.91)
+    assert paper_gap("exp6") == pytest.approx(1.26)  # the paper's "reduced to 1.26"
+    assert paper_spread("exp6") == pytest.approx(1.63)
+
+
+def test_paper_comparison(table):
+    from analysis.table import render
+
+    c = table.cell("exp1", 32)
+    assert c.paper == pytest.approx(86.37) and c.diff == pytest.approx(86.0 - 86.37)
+    md = render(table, "markdown", paper=True)
+    assert "86.00 ± 0.71 (86.37, -0.37)" in md
+    assert "46.00 (46.91, -0.91)" in md  # spread beside the paper's
+    assert "88.80* (82.79, +6.01)" in md  # exp5 at 1024: edge mark, paper, difference
+    plain = render(table, "markdown")
+    assert "86.37" not in plain.split("\n\n")[0]
+
+
+def test_edge_and_divergence_warnings(table):
+    from analysis.table import render
+
+    w = table.warnings()
+    assert any("exp5 bs=1024" in x and "factor_lr=2" in x and "smallest" in x for x in w)
+    assert not any("exp5 bs=32:" in x for x in w)  # f=5 is inside the grid
+    assert any("exp6 bs=1024" in x and "diverged" in x for x in w)
+    c = table.cell("exp6", 1024)
+    assert c.n_diverged == 1 and c.chosen_diverged == 1 and c.n_seeds == 2
+    assert c.test_acc == pytest.approx((89.6 + 10.0) / 2)  # diverged runs count with their accuracy
+    assert "†" in render(table, "markdown")
+
+
+def test_every_format_parses(table):
+    from analysis.table import render
+
+    data = json.loads(render(table, "json", paper=True))
+    t = data["tables"][0]
+    assert t["dataset"] == "cifar10" and t["recipe"] == "text" and len(t["rows"]) == 6
+    exp5 = next(r for r in t["rows"] if r["experiment"] == "exp5")
+    assert exp5["cells"]["1024"]["setting"] == {"factor_lr": 2.0}
+    assert exp5["cells"]["1024"]["paper"] == pytest.approx(82.79)
+    assert next(r for r in t["rows"] if r["experiment"] == "exp2")["cells"]["1024"] is None
+    import io
+
+    df = pd.read_csv(io.StringIO(render(table, "csv", paper=True)))
+    assert len(df) == 6 and list(df["experiment"]) == [f"exp{i}" for i in range(1, 7)]
+    exp1 = df.set_index("experiment").loc["exp1"]
+    assert exp1["32"] == pytest.approx(86.0) and exp1["32_paper"] == pytest.approx(86.37)
+    assert exp1["spread_paper"] == pytest.approx(46.91)
+    assert math.isnan(df.set_index("experiment").loc["exp2", "1024"])
+    latex = render(table, "latex", paper=True)
+    assert latex.count(r"\\") == 7 and r"\begin{tabular}" in latex and r"$\pm$" in latex
+    md = render(table, "markdown")
+    assert md.splitlines()[1].startswith("| :--- | ---:")
+
+
+def test_several_recipes_give_several_tables(runs):
+    from analysis.runs import AnalysisError
+    from analysis.table import build_table, build_tables, render
+
+    other = runs[runs["experiment"] == "exp1"].assign(recipe="authors-code", run_id=lambda d: d["run_id"] + "x")
+    both = pd.concat([runs, other], ignore_index=True)
+    tables = build_tables(both)
+    assert [(t.dataset, t.recipe) for t in tables] == [("cifar10", "authors-code"), ("cifar10", "text")]
+    with pytest.raises(AnalysisError, match="--recipe"):
+        build_table(both)
+    assert build_table(both, recipe="authors-code").cell("exp5", 32) is None
+    md = render(tables, "markdown")
+    assert "### Table I: dataset=cifar10, recipe=authors-code" in md
+    assert len(pd.read_csv(__import__("io").StringIO(render(tables, "csv")))) == 12
+
+
+# ============================================================================================ figures
+def _check_png(path: Path, min_kb: float = 15) -> None:
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    assert path.is_file(), path
+    assert path.stat().st_size > min_kb * 1024, f"{path} is only {path.stat().st_size} bytes"
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] >= 400 and img.shape[1] >= 600, img.shape
+    rgb = img[..., :3]
+    assert float(np.std(rgb)) > 0.02, f"{path} is (almost) one colour"
+    assert len(np.unique((rgb.reshape(-1, 3) * 255).astype(int), axis=0)) > 50
+
+
+def test_figures_written_and_non_trivial(store, runs, table, tmp_path):
+    from analysis.figures import CURVE_METRICS, chosen_run_ids, write_figures
+    from analysis.runs import load_history
+
+    history = load_history(store, chosen_run_ids([table]), CURVE_METRICS)
+    paths = write_figures(runs, history, tmp_path / "figs", [table])
+    assert sorted(p.name for p in paths) == sorted(
+        ["curves_exp1.png", "curves_exp2.png", "curves_exp5.png", "curves_exp6.png", "test_acc_vs_batch_size.png",
+         "factor_lr_vs_batch_size.png"])
+    for p in paths:
+        _check_png(p)
+
+
+def test_best_factor_lr_of_optuna(runs):
+    from analysis.figures import best_factor_lr, eq2_factor
+
+    best = best_factor_lr(runs).set_index("batch_size")
+    assert best.loc[256, "factor_lr"] == pytest.approx(4.5) and best.loc[1024, "factor_lr"] == pytest.approx(2.2)
+    assert best.loc[512, "n_trials"] == 3
+    assert eq2_factor(1024) == pytest.approx(10 * math.sqrt(32 / 1024))
+
+
+# ============================================================================================ report
+def test_report_written_and_links_resolve(store, tmp_path):
+    import re
+
+    from analysis.report import write_report
+
+    out = tmp_path / "report"
+    md_path = write_report(store, out)
+    assert md_path == out / "report.md"
+    md = md_path.read_text()
+    html = (out / "report.html").read_text()
+    for section in ("## Table I", "## Spread over batch sizes", "## Figures", "## Run counts", "## Training time",
+                    "## What is missing", "## Settings chosen by validation accuracy", "## Optuna search"):
+        assert section in md, section
+    assert "exp3 (GhostBatchNorm + Linear Scaling Rule)" in md  # absent experiment reported
+    assert "exp2: no finished run at batch size" not in md  # exp2 has no 1024 in its row: not missing
+    assert "is failed" in md and "| bigbatch-exp6 | 7 | 6 | 1 | 0 | 0 |" in md
+    assert "`epochs` = 5 (the paper: 100)" in md
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == 6
+    for link in links:
+        _check_png(out / link)
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert sorted(srcs) == sorted(links)
+    assert html.count("<table>") == len(re.findall(r"^\| :---", md, re.M)) == 6 and "<h2>Run counts</h2>" in html
+    assert "Traceback" not in md
+
+
+def test_markdown_to_html():
+    from analysis.markdown import to_html
+
+    html = to_html("# T\n\ntext with `a|b` and **bold**\n\n| a | b |\n| :--- | ---: |\n| 1 \\| 2 | x |\n\n"
+                   "- one\n- two\n\n![alt](figures/x.png)\n")
+    assert "<h1>T</h1>" in html and "<code>a|b</code>" in html and "<strong>bold</strong>" in html
+    assert '<td style="text-align:left">1 | 2</td>' in html and "<li>two</li>" in html
+    assert '<img src="figures/x.png" alt="alt">' in html
+
+
+# ============================================================================================ CLIs
+def test_cli_table_formats(store, capsys):
+    from analysis.table import main
+
+    assert main(["--tracking-uri", store, "--format", "json", "--paper"]) == 0
+    assert json.loads(capsys.readouterr().out)["tables"][0]["rows"][0]["label"] == "Baseline"
+    assert main(["--tracking-uri", store, "--recipe", "text", "--dataset", "cifar10"]) == 0
+    assert capsys.readouterr().out.startswith("| experiment | 32 |")
+    assert main(["--tracking-uri", store, "--recipe", "authors-code"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no bigbatch runs with recipe=authors-code") and "have: text" in err
+
+
+def test_cli_bad_store_exit_2_writes_nothing(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    empty = tmp_path / "empty.db"
+    MlflowClient(tracking_uri=f"sqlite:///{empty}").search_experiments()  # an MLflow DB without bigbatch runs
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all" * 10)
+    cases = [
+        (f"sqlite:///{tmp_path / 'missing.db'}", "no MLflow database"),
+        (f"sqlite:///{empty}", "no bigbatch runs"),
+        (f"sqlite:///{junk}", "not"),
+    ]
+    for uri, message in cases:
+        for mod, extra in (("analysis.table", []), ("analysis.figures", ["--out", str(tmp_path / "figs")]),
+                           ("analysis.report", ["--out", str(tmp_path / "rep")])):
+            if mod != "analysis.table" and message == "not":
+                continue  # one process per module is enough for the junk file
+            r = subprocess.run([sys.executable, "-m", mod, "--tracking-uri", uri, *extra], capture_output=True,
+                               text=True, timeout=120)
+            assert r.returncode == 2, (mod, uri, r.stderr)
+            lines = [x for x in r.stderr.splitlines() if x.strip()]
+            assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+            assert "Traceback" not in r.stderr and r.stdout == ""
+    assert not (tmp_path / "missing.db").exists()
+    assert not (tmp_path / "figs").exists() and not (tmp_path / "rep").exists()
+    assert junk.read_bytes() == b"not a database at all" * 10
