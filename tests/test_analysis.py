@@ -428,7 +428,9 @@ def test_cli_table_formats(store, capsys):
     assert err.startswith("error: no bigbatch runs with recipe=authors-code") and "have: text" in err
 
 
-def test_cli_bad_store_exit_2_writes_nothing(tmp_path):
+def test_cli_bad_store_exit_2_writes_nothing(tmp_path, capsys):
+    import importlib
+
     from mlflow.tracking import MlflowClient
 
     empty = tmp_path / "empty.db"
@@ -439,18 +441,23 @@ def test_cli_bad_store_exit_2_writes_nothing(tmp_path):
         (f"sqlite:///{tmp_path / 'missing.db'}", "no MLflow database"),
         (f"sqlite:///{empty}", "no bigbatch runs"),
         (f"sqlite:///{junk}", "not"),
+        (str(tmp_path / "no-such-dir"), "no MLflow store"),
     ]
     for uri, message in cases:
         for mod, extra in (("analysis.table", []), ("analysis.figures", ["--out", str(tmp_path / "figs")]),
                            ("analysis.report", ["--out", str(tmp_path / "rep")])):
-            if mod != "analysis.table" and message == "not":
-                continue  # one process per module is enough for the junk file
-            r = subprocess.run([sys.executable, "-m", mod, "--tracking-uri", uri, *extra], capture_output=True,
-                               text=True, timeout=120)
-            assert r.returncode == 2, (mod, uri, r.stderr)
-            lines = [x for x in r.stderr.splitlines() if x.strip()]
-            assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
-            assert "Traceback" not in r.stderr and r.stdout == ""
+            code = importlib.import_module(mod).main(["--tracking-uri", uri, *extra])
+            out, err = capsys.readouterr()
+            assert code == 2, (mod, uri, err)
+            lines = [x for x in err.splitlines() if x.strip()]
+            assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (mod, err)
+            assert out == ""
+    # the same from a real process: one line, no traceback
+    r = subprocess.run([sys.executable, "-m", "analysis.report", "--tracking-uri", f"sqlite:///{empty}", "--out",
+                        str(tmp_path / "rep")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert [x for x in r.stderr.splitlines() if x.strip()] == [f"error: no bigbatch runs in sqlite:///{empty} "
+                                                                "(MLflow experiments named bigbatch-*)"]
     assert not (tmp_path / "missing.db").exists()
     assert not (tmp_path / "figs").exists() and not (tmp_path / "rep").exists()
     assert junk.read_bytes() == b"not a database at all" * 10
