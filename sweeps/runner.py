@@ -348,7 +348,8 @@ def _finish(results, opts, name, path, tracking_uri, mlflow_experiment, experime
             state = "unfinished"
         else:
             state = m["status"]
-        rows.append((cfg.get("batch_size", 0), cfg.get("seed", 0), cfg.get("factor_lr", ""), state, m.get("epoch"), m.get("best_val_acc"), m.get("test_acc")))
+        f = m.get("factor_lr", cfg.get("factor_lr"))
+        rows.append((cfg.get("batch_size", 0), cfg.get("seed", 0), f"{f:.3g}" if isinstance(f, (int, float)) else "-", state, m.get("epoch"), m.get("best_val_acc"), m.get("test_acc")))
     code = 130 if unfinished else (1 if errors else 0)
     status = {0: "FINISHED", 1: "FAILED", 130: "KILLED"}[code]
     finish_sweep(tracking_uri, parent_run_id, status, {"num_trials": len(rows), "num_errors": errors})

@@ -19,11 +19,12 @@ from bigbatch.experiments import Experiment, load_experiment
 # Keys a trial varies; everything else is in ``base``.
 VARYING = ("batch_size", "seed")
 
-# --smoke-test: a narrow VGG on a few hundred synthetic images for 1-2 epochs (about a minute on 2 CPUs
-# for a whole experiment). drop_last is off so that batch sizes above the tiny training set still step.
+# --smoke-test: a narrow VGG on a few hundred synthetic images for 1-3 epochs (about a minute on 2 CPUs
+# for a whole experiment). The training pool grows to the largest batch size (train() refuses a batch
+# larger than the training set).
 SMOKE_OVERRIDES: dict[str, Any] = {
     "dataset": "synthetic",
-    "synthetic_size": 384,
+    "synthetic_size": 384,  # raised to max(batch sizes) + val_size
     "val_size": 128,
     "width_mult": 0.125,
     "epochs": 2,
@@ -36,6 +37,8 @@ SMOKE_SCHEDULE_OVERRIDES: dict[str, dict[str, Any]] = {
     "warmup_step": {"epochs": 3, "warmup_epochs": 1, "milestones": [2]},
     "cyclic": {"cyclic_step_epochs": 1.0},
 }
+# exp2 scales epochs with bs / base_batch_size: in a smoke test 1..4 epochs instead of 2..32.
+SMOKE_EPOCHS_SCALING_OVERRIDES: dict[str, dict[str, Any]] = {"linear": {"base_batch_size": 256}}
 
 
 @dataclass
@@ -99,6 +102,7 @@ def build_space(
     if smoke_test:
         base.update(SMOKE_OVERRIDES)
         base.update(SMOKE_SCHEDULE_OVERRIDES.get(base.get("schedule", RunConfig.schedule), {}))
+        base.update(SMOKE_EPOCHS_SCALING_OVERRIDES.get(base.get("epochs_scaling", RunConfig.epochs_scaling), {}))
     for key in ("experiment", "recipe"):
         if key in overrides and overrides[key] != base[key]:
             raise ConfigError(f"{key} cannot be overridden in a sweep of {exp.name} (use --recipe for the recipe)")
@@ -120,6 +124,8 @@ def build_space(
             raise ConfigError(f"batch sizes must be positive integers, got {b}")
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if smoke_test and "synthetic_size" not in overrides:
+        base["synthetic_size"] = max(base["synthetic_size"], max(bss) + int(base.get("val_size", 0)))
     seed0 = int(base.pop("seed", 0))
     space = SweepSpace(exp, base, bss, [seed0 + i for i in range(seeds)], grid)
     space.validate()

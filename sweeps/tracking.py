@@ -348,6 +348,18 @@ class TrialLogger:
                 time.sleep(min(30.0, 2.0 * 2**attempt))
         print(f"warning: trial {self.trial_id}: its summary could not be logged to MLflow at {self.uri}", file=sys.stderr, flush=True)
 
+    def stopped(self) -> None:
+        """Stopped early by a Tune scheduler (ASHA): ``bigbatch.status=stopped``; best effort."""
+        from mlflow.entities import RunTag
+
+        try:
+            self.flush()
+            if self.run_id is not None:
+                self.client.log_batch(self.run_id, tags=[RunTag("bigbatch.status", "stopped")])
+                self.client.set_terminated(self.run_id, status="FINISHED")
+        except Exception as e:
+            self._warn("stop logging", e)
+
     def fail(self, error: BaseException) -> None:
         """Mark the run failed (best effort); Tune may retry the trial, which reopens it."""
         from mlflow.entities import RunTag

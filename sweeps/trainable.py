@@ -97,7 +97,7 @@ def run_trial(config: dict[str, Any], train_fn: Callable[..., dict[str, Any]] | 
 
         def report(metrics: dict[str, Any]) -> None:
             logger.log_epoch(metrics)  # before Tune persists the directory: pending epochs travel with it
-            out = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))}, **extra}
+            out = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))}, **extra, "mlflow_run_id": logger.run_id or ""}
             if metrics.get("checkpointed"):
                 tune.report(out, checkpoint=tune.Checkpoint.from_directory(local_dir))
             else:
@@ -105,6 +105,9 @@ def run_trial(config: dict[str, Any], train_fn: Callable[..., dict[str, Any]] | 
 
         try:
             summary = train_fn(cfg, report=report, checkpoint_dir=local_dir, checkpoint_every=int(sweep.get("checkpoint_every", 1)))
+        except SystemExit:  # Tune stopped the trial (a scheduler such as ASHA): a result, not a failure
+            logger.stopped()
+            raise
         except BaseException as e:
             logger.fail(e)
             raise
