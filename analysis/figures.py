@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
@@ -117,18 +118,23 @@ def plot_curves(table: Table, history: pd.DataFrame, experiment: str, path: Path
                 ax.set_ylim(0, top * 1.1)
             ax.set_title("Validation loss")
         else:
+            lo, hi = ax.get_ylim()
+            if hi - lo < 4.0:  # flat curves (e.g. a smoke test at chance): do not magnify noise
+                mid = (lo + hi) / 2
+                ax.set_ylim(max(0.0, mid - 2.0), mid + 2.0)
             ax.set_title("Validation accuracy")
         if max(hist["step"]) <= 20:
             ax.xaxis.get_major_locator().set_params(integer=True)
     handles, labels = axes[0].get_legend_handles_labels()
     if not handles:
         handles, labels = axes[1].get_legend_handles_labels()
-    axes[0].legend(handles, labels, title="batch size", fontsize=8.5, title_fontsize=9, loc="lower right")
+    axes[1].legend(handles, labels, title="batch size", fontsize=9, title_fontsize=9.5, loc="upper left",
+                   bbox_to_anchor=(1.02, 1.0), frameon=False)
     label = table.labels.get(experiment, experiment)
     fig.suptitle(f"{label} ({experiment}): validation curves per batch size"
                  + (f"  [{table.dataset}, recipe {table.recipe}]" if table.dataset else ""), fontsize=12)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -180,27 +186,33 @@ def plot_test_vs_batch(tables: Sequence[Table], path: Path) -> Path | None:
     return path
 
 
-def factor_lr_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Finished runs of the Optuna search over factor_lr."""
+def factor_lr_runs(runs: pd.DataFrame, stopped: bool = False) -> pd.DataFrame:
+    """Finished runs of the Optuna search over factor_lr (``stopped``: also those ASHA stopped early)."""
     if not len(runs):
         return runs
+    statuses = FINISHED + (("stopped",) if stopped else ())
     keep = ((runs["mlflow_experiment"] == OPTUNA_EXPERIMENT) | (runs["search"] == "optuna")) \
-        & runs["status"].isin(FINISHED) & (runs["role"] != "sweep")
+        & runs["status"].isin(statuses) & (runs["role"] != "sweep")
     return runs[keep]
 
 
 def best_factor_lr(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per batch size, the Optuna trial with the best validation accuracy (batch_size, factor_lr, best_val_acc)."""
+    """Per batch size, the finished Optuna trial with the best validation accuracy.
+
+    Columns: batch_size, factor_lr, best_val_acc, test_acc, n_trials (incl. stopped), n_stopped.
+    """
     opt = factor_lr_runs(runs)
     if not len(opt):
-        return pd.DataFrame(columns=["batch_size", "factor_lr", "best_val_acc", "test_acc", "n_trials"])
+        return pd.DataFrame(columns=["batch_size", "factor_lr", "best_val_acc", "test_acc", "n_trials", "n_stopped"])
     f = opt["scaled_factor_lr"].where(opt["scaled_factor_lr"].notna(), opt["factor_lr"])
     opt = opt.assign(f=f, v=opt["best_val_acc"].fillna(0.0))
+    every = factor_lr_runs(runs, stopped=True)
     rows = []
     for bs, g in opt.groupby("batch_size"):
         best = g.loc[g["v"].idxmax()]
+        n_stopped = int(((every["batch_size"] == bs) & (every["status"] == "stopped")).sum())
         rows.append({"batch_size": int(bs), "factor_lr": float(best["f"]), "best_val_acc": best["best_val_acc"],
-                     "test_acc": best["test_acc"], "n_trials": len(g)})
+                     "test_acc": best["test_acc"], "n_trials": len(g) + n_stopped, "n_stopped": n_stopped})
     return pd.DataFrame(rows)
 
 
@@ -214,7 +226,7 @@ def eq2_factor(batch_size: float, base_factor: float | None = None, base_batch_s
 
 def plot_factor_lr(runs: pd.DataFrame, tables: Sequence[Table], path: Path) -> Path | None:
     """The searched factor_lr per batch size against eq. 2; None when nothing searched factor_lr."""
-    opt = factor_lr_runs(runs)
+    opt = factor_lr_runs(runs, stopped=True)
     grid = [(c.batch_size, c.setting["factor_lr"], c.best_val_acc) for t in tables[:1]
             for (e, b), c in t.cells.items() if e == "exp5" and "factor_lr" in c.setting]
     if not len(opt) and not grid:
@@ -223,8 +235,14 @@ def plot_factor_lr(runs: pd.DataFrame, tables: Sequence[Table], path: Path) -> P
     xs = set()
     if len(opt):
         f = opt["scaled_factor_lr"].where(opt["scaled_factor_lr"].notna(), opt["factor_lr"])
-        sc = ax.scatter(opt["batch_size"].astype(float), f, c=opt["best_val_acc"].astype(float), cmap="viridis",
-                        s=28, alpha=0.8, edgecolors="none", label="Optuna trial (colour: best val. acc.)", zorder=2)
+        acc = opt["best_val_acc"].where(opt["best_val_acc"].notna(), opt["val_acc"]).astype(float)
+        done = (opt["status"] != "stopped").to_numpy()
+        norm = Normalize(vmin=float(np.nanmin(acc)), vmax=float(np.nanmax(acc)) + 1e-9)
+        sc = ax.scatter(opt["batch_size"].astype(float)[done], f[done], c=acc[done], cmap="viridis", norm=norm,
+                        s=30, alpha=0.85, edgecolors="none", label="Optuna trial (colour: best val. acc.)", zorder=2)
+        if (~done).any():
+            ax.scatter(opt["batch_size"].astype(float)[~done], f[~done], c=acc[~done], cmap="viridis", norm=norm,
+                       s=36, marker="x", alpha=0.85, label="Optuna trial stopped early by ASHA", zorder=2)
         cb = fig.colorbar(sc, ax=ax, pad=0.02)
         cb.set_label("best validation accuracy (%)")
         best = best_factor_lr(runs)
@@ -249,9 +267,15 @@ def plot_factor_lr(runs: pd.DataFrame, tables: Sequence[Table], path: Path) -> P
     ax.set_xlabel("batch size")
     ax.set_title("Best CyclicLR factor per batch size vs eq. 2")
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=9, loc="best")
+    handles, labels = ax.get_legend_handles_labels()
+    proxies = {  # scatter handles take an arbitrary colour of the colormap: show them neutral
+        "Optuna trial (colour: best val. acc.)": Line2D([], [], ls="none", marker="o", color="0.45", ms=6),
+        "Optuna trial stopped early by ASHA": Line2D([], [], ls="none", marker="x", color="0.45", ms=7),
+    }
+    handles = [proxies.get(lab, h) for h, lab in zip(handles, labels)]
+    ax.legend(handles, labels, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 

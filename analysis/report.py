@@ -22,7 +22,7 @@ from bigbatch.experiments import EXPERIMENTS, PAPER_TABLE, load_experiment
 
 from . import figures as figs
 from .markdown import to_html
-from .runs import EXPERIMENT_PREFIX, AnalysisError, default_tracking_uri, load_history
+from .runs import EXPERIMENT_PREFIX, STATUSES, AnalysisError, default_tracking_uri, load_history
 from .table import (Table, _fmt_value, _num, add_common_args, build_tables, cli, load_table_runs,
                     markdown_table, paper_gap, paper_spread, render_markdown, table_runs)
 
@@ -162,22 +162,24 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
     best = figs.best_factor_lr(runs)
     if len(best):
         add("## Optuna search over factor_lr\n")
-        rows = [["batch size", "trials", "best factor_lr", "eq. 2", "best val. acc.", "its test acc."]]
+        add("Per batch size, the finished trial with the best validation accuracy (trials stopped early by ASHA "
+            "are counted, not chosen), beside eq. 2's f = 10 * sqrt(32 / bs).\n")
+        rows = [["batch size", "trials (stopped)", "best factor_lr", "eq. 2", "best val. acc.", "its test acc."]]
         for r in best.itertuples():
-            rows.append([str(r.batch_size), str(r.n_trials), f"{r.factor_lr:.3g}", f"{figs.eq2_factor(r.batch_size):.3g}",
+            rows.append([str(r.batch_size), f"{r.n_trials} ({r.n_stopped})", f"{r.factor_lr:.3g}", f"{figs.eq2_factor(r.batch_size):.3g}",
                          _num(r.best_val_acc), _num(r.test_acc)])
         add(markdown_table(rows) + "\n")
 
     # ---- run counts
     add("## Run counts\n")
-    rows = [["MLflow experiment", "trials", "completed", "diverged", "failed", "running"]]
+    statuses = [s for s in STATUSES if s != "stopped" or (trials["status"] == "stopped").any()]
+    statuses += sorted(set(trials["status"].dropna()) - set(STATUSES))
+    rows = [["MLflow experiment", "trials", *statuses]]
     for name, g in trials.groupby("mlflow_experiment", sort=True):
         counts = g["status"].value_counts()
-        rows.append([name, str(len(g))] + [str(int(counts.get(s, 0))) for s in ("completed", "diverged", "failed",
-                                                                                  "running")])
+        rows.append([name, str(len(g))] + [str(int(counts.get(s, 0))) for s in statuses])
     counts = trials["status"].value_counts()
-    rows.append(["**all**", f"**{len(trials)}**"] + [f"**{int(counts.get(s, 0))}**"
-                                                     for s in ("completed", "diverged", "failed", "running")])
+    rows.append(["**all**", f"**{len(trials)}**"] + [f"**{int(counts.get(s, 0))}**" for s in statuses])
     add(markdown_table(rows) + "\n")
 
     # ---- time

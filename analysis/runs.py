@@ -28,7 +28,7 @@ from bigbatch.experiments import EXPERIMENTS, load_experiment
 EXPERIMENT_PREFIX = "bigbatch-"  # MLflow experiment names: bigbatch-exp1 .. bigbatch-exp6
 OPTUNA_EXPERIMENT = "bigbatch-optuna-factor-lr"  # the Optuna search over factor_lr
 TAG = "bigbatch."  # prefix of every bigbatch tag
-STATUSES = ("completed", "diverged", "failed", "running")
+STATUSES = ("completed", "diverged", "stopped", "failed", "running")  # stopped: early-stopped by ASHA (Optuna)
 FINISHED = ("completed", "diverged")  # runs that carry final metrics (test_acc of the best-val model)
 SUMMARY_METRICS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "train_seconds")
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "momentum", "epoch_seconds",

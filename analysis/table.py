@@ -65,7 +65,7 @@ class Cell:
     n_settings: int  # nuisance settings tried in the cell
     n_diverged: int  # diverged runs in the cell, every setting
     chosen_diverged: int  # diverged runs among the chosen setting's seeds
-    n_unfinished: int  # failed or still running (not in the choice)
+    n_unfinished: int  # stopped early, failed or still running (not in the choice)
     setting: dict[str, Any]  # the chosen nuisance setting, e.g. {"factor_lr": 2.0}; {} if nothing varied
     searched: dict[str, list[Any]]  # nuisance key -> every value tried in the cell
     edge: list[str]  # keys whose chosen value is the smallest or largest tried
@@ -117,7 +117,7 @@ class Table:
                 out.append(f"{e} bs={b}: {c.chosen_diverged} of the {c.n_seeds} runs of the chosen setting diverged "
                            "(counted with their chance-level accuracy)")
         for (e, b), n in sorted(self.unfinished_only.items(), key=lambda kv: (self.rows.index(kv[0][0]), kv[0][1])):
-            out.append(f"{e} bs={b}: {n} run(s), none finished (failed or still running)")
+            out.append(f"{e} bs={b}: {n} run(s), none finished (stopped early, failed or still running)")
         return out
 
     @property

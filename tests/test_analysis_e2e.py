@@ -1,6 +1,6 @@
 """End to end: real smoke sweeps (Ray Tune + MLflow, as a user runs them) -> Table I, figures, report.
 
-The store is written by ``python -m sweeps.exp1 --smoke-test`` (every batch size of the paper) and
+The store is written by ``python -m sweeps.exp1 --smoke-test --batch-sizes 32 128 1024`` and
 ``python -m sweeps.exp5 --smoke-test --batch-sizes 32 1024`` (factor_lr in {10, 5, 2}: the nuisance
 choice). The table is checked against MLflow read directly with the MLflow client, independently of
 analysis.runs.
@@ -32,7 +32,7 @@ def sweep_store(tmp_path_factory) -> str:
     tmp = tmp_path_factory.mktemp("e2e")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    for exp, extra in (("exp1", []), ("exp5", ["--batch-sizes", "32", "1024"])):
+    for exp, extra in (("exp1", ["--batch-sizes", "32", "128", "1024"]), ("exp5", ["--batch-sizes", "32", "1024"])):
         cmd = [sys.executable, "-m", f"sweeps.{exp}", "--smoke-test", "--quiet", "--tracking-uri", uri,
                "--storage-path", str(tmp / "ray_results"), "--name", f"e2e-{exp}", *extra]
         r = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
@@ -64,17 +64,20 @@ def test_smoke_sweep_table(sweep_store):
     from analysis.table import build_table, render
 
     truth = _mlflow_truth(sweep_store)
-    assert len(truth) == 6 + 2 * 3 and set(truth["status"]) <= {"completed", "diverged"}
+    assert len(truth) == 3 + 2 * 3 and set(truth["status"]) <= {"completed", "diverged"}
     runs = load_runs(sweep_store)
     assert len(runs) == len(truth) and set(runs["run_id"]) == set(truth["run_id"])
     assert (runs["smoke_test"] == True).all()  # noqa: E712 - from the sweeps' parent runs
     t = build_table(runs)
     assert (t.dataset, t.recipe) == ("synthetic", "text")
     assert t.rows == [f"exp{i}" for i in range(1, 7)] and t.batch_sizes == [32, 64, 128, 256, 512, 1024]
-    # shape: exp1 full, exp5 at 32 and 1024 only, the rest '-'
-    assert {(e, b) for (e, b) in t.cells} == {("exp1", b) for b in t.batch_sizes} | {("exp5", 32), ("exp5", 1024)}
+    # shape: six rows, six batch-size columns; exp1 at 32/128/1024 and exp5 at 32/1024, the rest '-'
+    exp1_bs = [32, 128, 1024]
+    assert set(t.cells) == {("exp1", b) for b in exp1_bs} | {("exp5", 32), ("exp5", 1024)}
     md = render(t, "markdown").splitlines()
     assert len([x for x in md if x.startswith("| ")]) == 8
+    baseline = next(x for x in md if x.startswith("| Baseline |")).split(" | ")
+    assert [baseline[i] == "-" for i in range(1, 7)] == [False, True, False, True, True, False]
     # the selection rule, checked against MLflow directly: best validation, never best test
     for bs in (32, 1024):
         cell_truth = truth[(truth["experiment"] == "exp5") & (truth["batch_size"] == bs)]
@@ -86,7 +89,7 @@ def test_smoke_sweep_table(sweep_store):
         assert c.test_acc == pytest.approx(chosen["test_acc"].iloc[0])
         assert c.run_ids == chosen["run_id"].tolist()
         assert bool(c.edge) == (c.setting["factor_lr"] in (2.0, 10.0))
-    for bs in t.batch_sizes:
+    for bs in exp1_bs:
         row = truth[(truth["experiment"] == "exp1") & (truth["batch_size"] == bs)]
         assert t.cell("exp1", bs).test_acc == pytest.approx(row["test_acc"].iloc[0])
         assert t.cell("exp1", bs).setting == {}
@@ -96,7 +99,8 @@ def test_smoke_sweep_table(sweep_store):
     assert exp1["paper_spread"] == pytest.approx(46.91)
     c32 = exp1["cells"]["32"]
     assert c32["paper"] == pytest.approx(86.37) and c32["diff"] == pytest.approx(c32["test_acc"] - 86.37)
-    vals = [exp1["cells"][str(b)]["test_acc"] for b in t.batch_sizes]
+    vals = [exp1["cells"][str(b)]["test_acc"] for b in exp1_bs]
+    assert exp1["cells"]["64"] is None
     assert exp1["spread"] == pytest.approx(max(vals) - min(vals))
     paper_md = render(t, "markdown", paper=True)
     assert f"({86.37:.2f}, {c32['test_acc'] - 86.37:+.2f})" in paper_md
@@ -134,6 +138,7 @@ def test_smoke_sweep_cli_figures_report(sweep_store, tmp_path):
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (md_path.parent / link).stat().st_size > 15 * 1024
     assert "smoke-test" in md and "## What is missing" in md and "exp2 (Scaled Epochs)" in md
+    assert "exp1: no finished run at batch size 64, 256, 512" in md
     assert "| bigbatch-exp5 | 6 |" in md
     total = re.search(r"sum of `train_seconds`\): \*\*([0-9.]+) (s|min|h)\*\*", md)
     assert total and float(total.group(1)) > 0 and not math.isnan(float(total.group(1)))
