@@ -302,8 +302,11 @@ def write_figures(runs: pd.DataFrame, history: pd.DataFrame, out_dir: str | Path
     return written
 
 
+DESCRIPTION = "Write the paper's figures as PNGs from the MLflow runs: validation curves per experiment, test accuracy against batch size, factor_lr against eq. 2. See docs/analysis.md."
+
+
 def main(argv: Iterable[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.figures", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m analysis.figures", description=DESCRIPTION)
     add_common_args(p)
     p.add_argument("--out", required=True, help="directory receiving the PNG files")
     args = p.parse_args(list(argv) if argv is not None else None)

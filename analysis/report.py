@@ -253,8 +253,11 @@ def write_report(tracking_uri: str | None = None, out_dir: str | Path = "report"
     return md_path
 
 
+DESCRIPTION = 'Write a Markdown and an HTML report from the MLflow runs: Table I against the paper, figures, spread, chosen settings, run counts, training time, what is missing. See docs/analysis.md.'
+
+
 def main(argv: Iterable[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m analysis.report", description=DESCRIPTION)
     add_common_args(p)
     p.add_argument("--out", required=True, help="directory receiving report.md, report.html and figures/")
     args = p.parse_args(list(argv) if argv is not None else None)

@@ -219,7 +219,11 @@ def list_experiments(tracking_uri: str | None = None) -> dict[str, str]:
     except AnalysisError:
         raise
     except Exception as e:  # noqa: BLE001 - any store failure is a one-line user error
-        raise AnalysisError(f"cannot read MLflow tracking URI {uri}: {_one_line(e)}") from None
+        msg = _one_line(e)
+        if uri.startswith(("http://", "https://")) and ("Max retries" in msg or "onnection" in msg):
+            raise AnalysisError(f"MLflow tracking server {uri} is unreachable (start it with `mlflow server`, "
+                                "or pass --tracking-uri)") from None
+        raise AnalysisError(f"cannot read MLflow tracking URI {uri}: {msg}") from None
 
 
 def _mlflow_name(experiment: str) -> str:

@@ -469,8 +469,11 @@ def cli(main_fn) -> int:
     return 0
 
 
+DESCRIPTION = "Rebuild the paper's Table I from the MLflow runs: per (experiment, batch size), the test accuracy of the best-validation setting (mean ± std over seeds). See docs/analysis.md."
+
+
 def main(argv: Iterable[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.table", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m analysis.table", description=DESCRIPTION)
     add_common_args(p)
     p.add_argument("--format", choices=FORMATS, default="markdown", help="output format (default markdown)")
     p.add_argument("--paper", action="store_true", help="add the paper's value and our difference to each cell")
