@@ -262,12 +262,22 @@ def cell_text(c: Cell | None, paper: bool = False, pm: str = "±", expected_pape
         text += ("*" if c.edge else "") + ("†" if c.chosen_diverged else "")
     if paper:
         ref = c.paper if c is not None else expected_paper
-        text += f" ({_num(ref)}, {_num(c.diff if c else None, signed=True)})" if ref is not None else ""
+        if ref is not None:
+            text += f" ({_num(ref)}, {_num(c.diff, signed=True)})" if c is not None and c.diff is not None \
+                else f" ({_num(ref)})"
     return text
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
+
+
+def _with_paper(ours: float | None, paper: float | None) -> str:
+    if paper is None:
+        return _num(ours)
+    if ours is None:
+        return f"- ({_num(paper)})"
+    return f"{_num(ours)} ({_num(paper)}, {_num(ours - paper, True)})"
 
 
 def rows(table: Table, paper: bool = False) -> list[list[str]]:
@@ -282,8 +292,7 @@ def rows(table: Table, paper: bool = False) -> list[list[str]]:
         sp, gp = table.spread(e), table.gap(e)
         if paper:
             psp, pgp = paper_spread(e), paper_gap(e)
-            cells += [f"{_num(sp)} ({_num(psp)}, {_num(_diff(sp, psp), True)})",
-                      f"{_num(gp)} ({_num(pgp)}, {_num(_diff(gp, pgp), True)})"]
+            cells += [_with_paper(sp, psp), _with_paper(gp, pgp)]
         else:
             cells += [_num(sp), _num(gp)]
         out.append([table.labels[e], *cells])
@@ -309,7 +318,7 @@ def legend(paper: bool) -> str:
             "batch size (the paper's '46.91 reduced to 1.26'). *: the chosen setting is on the edge of the "
             "values searched. †: some runs of the chosen setting diverged.")
     if paper:
-        text += " In parentheses: the paper's value and our difference (ours - paper)."
+        text += " In parentheses: the paper's value and our difference (ours - paper); '- (x)': no run of ours."
     return text
 
 
