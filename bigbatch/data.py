@@ -38,6 +38,7 @@ __all__ = [
     "epoch_order",
     "split_indices",
     "write_cifar",
+    "check_sizes",
 ]
 
 
@@ -141,6 +142,36 @@ def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- load_data
+# Training-pool sizes of the official files (the synthetic pool is cfg.synthetic_size).
+NOMINAL_POOL = {"cifar10": 50000, "cifar100": 50000, "fashion-mnist": 60000}
+
+
+def check_sizes(cfg: Any) -> int | None:
+    """The number of training images ``cfg`` trains on, checked without loading any file.
+
+    Raises :class:`DataError` (val_size or train_subset too large) or ``ConfigError`` (a batch larger
+    than the training set) with the messages ``load_data`` / ``train`` would give later, so that a
+    sweep refuses such a config before any trial starts. Assumes the official sizes of CIFAR and
+    Fashion-MNIST (files with fewer images are still caught when they are loaded); None for an
+    unknown dataset.
+    """
+    from .config import ConfigError
+
+    pool = cfg.synthetic_size if cfg.dataset == "synthetic" else NOMINAL_POOL.get(cfg.dataset)
+    if pool is None:
+        return None
+    if cfg.val_size >= pool:
+        raise DataError(f"val_size={cfg.val_size} leaves no training images (the training pool has {pool})")
+    n = pool - cfg.val_size
+    if cfg.train_subset > n:
+        raise DataError(f"train_subset={cfg.train_subset} is larger than the training split "
+                        f"({n} images = {pool} - val_size {cfg.val_size})")
+    n = cfg.train_subset or n
+    if cfg.batch_size > n:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set ({n} images)")
+    return n
+
+
 def load_data(cfg: Any, device: torch.device | str) -> DataSplits:
     """Load ``cfg.dataset``, split its training pool into train/val, and put all three on ``device``.
 

@@ -77,8 +77,14 @@ class SweepSpace:
 
     def validate(self) -> None:
         """Build every trial's RunConfig now, so a bad combination fails before Ray starts (ConfigError)."""
+        from bigbatch.data import DataError, check_sizes
+
         for point in self.points():
-            trial_run_config({"base": self.base, **point})
+            cfg = trial_run_config({"base": self.base, **point})
+            try:  # a batch larger than the training set (or val_size >= the pool) fails here, not in a trial
+                check_sizes(cfg)
+            except DataError as e:
+                raise ConfigError(str(e)) from None
 
 
 def build_space(

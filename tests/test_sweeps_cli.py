@@ -80,7 +80,7 @@ def test_seeds_multiply_trials_and_recipe_passes_through():
 
 
 def test_set_fixes_a_searched_key_and_flags_override():
-    o = opts("exp5", "--set", "factor_lr=3", "width_mult=0.5", "--epochs", "7", "--dataset", "synthetic", "--data-dir", "rel/data")
+    o = opts("exp5", "--set", "factor_lr=3", "width_mult=0.5", "val_size=128", "synthetic_size=2048", "--epochs", "7", "--dataset", "synthetic", "--data-dir", "rel/data")
     space = build_space(o.experiment, o.recipe, o.batch_sizes, o.seeds, o.overrides, o.smoke_test, o.search)
     assert space.search == {} and space.num_trials == 6
     assert space.base["factor_lr"] == 3 and space.base["width_mult"] == 0.5 and space.base["epochs"] == 7
