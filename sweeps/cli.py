@@ -18,6 +18,7 @@ from bigbatch.config import ConfigError, RunConfig, parse_set, read_json
 from bigbatch.experiments import RECIPES, load_experiment
 
 from .runner import SweepError, SweepOptions, run_sweep
+from .tracking import TrackingError
 
 # Keys of a --config sweep.json that are sweep options (the rest must be RunConfig keys or "config").
 SWEEP_KEYS = {
@@ -146,7 +147,7 @@ def main(experiment: str, argv: list[str] | None = None) -> int:
     try:
         opts = options_from_args(experiment, args)
         result = run_sweep(opts)
-    except (ConfigError, SweepError) as e:
+    except (ConfigError, SweepError, TrackingError) as e:  # TrackingError: e.g. a URI without a scheme
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
