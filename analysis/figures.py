@@ -315,7 +315,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         from .runs import default_tracking_uri, load_history
 
         uri = args.tracking_uri or default_tracking_uri()
-        runs = load_table_runs(uri, args.dataset, args.recipe)
+        runs = load_table_runs(uri, args.dataset, args.recipe, args.sweep)
         tables = build_tables(runs)
         if not tables and not len(factor_lr_runs(runs)):
             raise AnalysisError(f"no finished bigbatch trial runs in {uri} to draw")

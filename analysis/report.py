@@ -231,13 +231,13 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
 
 
 def write_report(tracking_uri: str | None = None, out_dir: str | Path = "report", dataset: str | None = None,
-                 recipe: str | None = None) -> Path:
+                 recipe: str | None = None, sweeps: Sequence[str] | None = None) -> Path:
     """Load the runs, write figures, report.md and report.html into ``out_dir``; returns report.md's path.
 
     Raises AnalysisError (nothing written) when the store is unreachable or holds no bigbatch runs.
     """
     uri = tracking_uri or default_tracking_uri()
-    runs = load_table_runs(uri, dataset, recipe)
+    runs = load_table_runs(uri, dataset, recipe, sweeps)
     tables = build_tables(runs)
     trial_ids = runs.loc[runs["role"] != "sweep", "run_id"].tolist()
     curve_ids = set(figs.chosen_run_ids(tables))
@@ -263,7 +263,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = p.parse_args(list(argv) if argv is not None else None)
 
     def body():
-        path = write_report(args.tracking_uri, args.out, args.dataset, args.recipe)
+        path = write_report(args.tracking_uri, args.out, args.dataset, args.recipe, args.sweep)
         print(path)
         print(path.with_suffix(".html"))
 

@@ -33,6 +33,10 @@ from .runs import EXPERIMENT_PREFIX, FINISHED, PARAM_TYPES, AnalysisError
 FORMATS = ("markdown", "csv", "latex", "json")
 
 # Config keys that never define a nuisance setting: identity, bookkeeping, values derived from others.
+# Keys the experiments declare as searched (bigbatch/configs: "search"), e.g. factor_lr: only these get the
+# edge-of-grid warning; any other key that varies inside a cell gets a "runs differ in ..." warning.
+SEARCH_KEYS = frozenset(k for e in EXPERIMENTS for k in load_experiment(e).search)
+
 NOT_NUISANCE = frozenset({
     "seed", "experiment", "recipe", "dataset", "batch_size", "data_dir", "download", "device", "precision",
     "compile", "deterministic", "eval_batch_size", "scaled_lr", "scaled_factor_lr", "total_epochs",
@@ -113,6 +117,11 @@ class Table:
                 side = "smallest" if c.setting[key] == min(c.searched[key]) else "largest"
                 out.append(f"{e} bs={b}: chosen {key}={_fmt_value(c.setting[key])} is the {side} value searched "
                            f"({vals}); the optimum may lie outside the grid")
+            for key in c.searched:
+                if key not in SEARCH_KEYS:
+                    vals = ", ".join(_fmt_value(v) for v in c.searched[key])
+                    out.append(f"{e} bs={b}: its runs differ in {key} ({vals}), which no experiment searches; "
+                               f"chose {key}={_fmt_value(c.setting[key])} by validation accuracy")
             if c.chosen_diverged:
                 out.append(f"{e} bs={b}: {c.chosen_diverged} of the {c.n_seeds} runs of the chosen setting diverged "
                            "(counted with their chance-level accuracy)")
@@ -208,7 +217,7 @@ def build_table(
         setting, chosen, searched = choose(finished)
         accs = chosen["test_acc"].dropna()
         edge = [k for k, v in setting.items()
-                if len(searched[k]) > 1 and isinstance(v, (int, float)) and not isinstance(v, bool)
+                if k in SEARCH_KEYS and len(searched[k]) > 1 and isinstance(v, (int, float)) and not isinstance(v, bool)
                 and v in (min(searched[k]), max(searched[k]))]
         cells[(exp, bs)] = Cell(
             experiment=exp, batch_size=bs,
@@ -445,9 +454,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db, as the sweeps)")
     p.add_argument("--dataset", default=None, help="only runs on this dataset (default: every dataset, one table each)")
     p.add_argument("--recipe", default=None, help="only runs of this recipe: text | authors-code (default: each)")
+    p.add_argument("--sweep", action="append", default=None, metavar="NAME",
+                   help="only runs of this sweep (the MLflow parent run name; repeatable; default: every sweep)")
 
 
-def load_table_runs(tracking_uri: str | None, dataset: str | None = None, recipe: str | None = None) -> pd.DataFrame:
+def load_table_runs(tracking_uri: str | None, dataset: str | None = None, recipe: str | None = None,
+                    sweeps: Sequence[str] | None = None) -> pd.DataFrame:
     """load_runs + a one-line error when nothing matches (the CLIs' shared entry)."""
     from .runs import default_tracking_uri, load_runs
 
@@ -456,12 +468,13 @@ def load_table_runs(tracking_uri: str | None, dataset: str | None = None, recipe
     if not len(everything):
         raise AnalysisError(f"no bigbatch runs in {uri} (MLflow experiments named {EXPERIMENT_PREFIX}*)")
     runs = everything
-    for key, value in (("dataset", dataset), ("recipe", recipe)):
+    for key, value in (("dataset", dataset), ("recipe", recipe), ("sweep", sweeps)):
         if value is not None:
-            runs = runs[runs[key] == value]
+            runs = runs[runs[key].isin(value if isinstance(value, (list, tuple)) else [value])]
             if not len(runs):
                 have = ", ".join(sorted(map(str, everything[key].dropna().unique())))
-                raise AnalysisError(f"no bigbatch runs with {key}={value} in {uri} (have: {have})")
+                shown = ",".join(value) if isinstance(value, (list, tuple)) else value
+                raise AnalysisError(f"no bigbatch runs with {key}={shown} in {uri} (have: {have})")
     return runs.reset_index(drop=True)
 
 
@@ -489,7 +502,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = p.parse_args(list(argv) if argv is not None else None)
 
     def body():
-        runs = load_table_runs(args.tracking_uri, args.dataset, args.recipe)
+        runs = load_table_runs(args.tracking_uri, args.dataset, args.recipe, args.sweep)
         tables = build_tables(runs)
         if not tables:
             raise AnalysisError("no runs of the Table I experiments (bigbatch-exp1..exp6) in the store")

@@ -244,6 +244,21 @@ def test_selection_rule_over_seeds_on_a_frame():
     assert sorted(c.run_ids) == ["r2", "r3"]
 
 
+def test_other_varying_keys_are_settings_with_a_warning():
+    """A key no experiment searches (here epochs: a quick run beside the full one) still splits the
+    settings, gets no edge mark, but a warning naming it."""
+    from analysis.table import build_table
+
+    rows = [{"mlflow_experiment": "bigbatch-exp1", "role": "trial", "experiment": "exp1", "batch_size": 64,
+             "dataset": "cifar10", "recipe": "text", "status": "completed", "best_val_acc": val, "test_acc": test,
+             "run_id": rid, "seed": 0, "epochs": ep} for rid, ep, val, test in (("a", 10, 70.0, 71.0),
+                                                                                   ("b", 100, 85.0, 84.0))]
+    t = build_table(pd.DataFrame(rows))
+    c = t.cell("exp1", 64)
+    assert c.setting == {"epochs": 100} and c.test_acc == pytest.approx(84.0) and c.edge == []
+    assert any("runs differ in epochs (10, 100)" in w for w in t.warnings())
+
+
 def test_seeds_mean_std_and_unfinished(table):
     c = table.cell("exp1", 32)
     assert c.n_seeds == 2 and c.test_acc == pytest.approx(86.0) and c.test_std == pytest.approx(math.sqrt(0.5))
@@ -423,6 +438,9 @@ def test_cli_table_formats(store, capsys):
     assert json.loads(capsys.readouterr().out)["tables"][0]["rows"][0]["label"] == "Baseline"
     assert main(["--tracking-uri", store, "--recipe", "text", "--dataset", "cifar10"]) == 0
     assert capsys.readouterr().out.startswith("| experiment | 32 |")
+    assert main(["--tracking-uri", store, "--sweep", "exp2-sweep", "--format", "csv"]) == 0
+    df = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out)).set_index("experiment")
+    assert df.loc["exp2", "32"] == pytest.approx(86.5) and math.isnan(df.loc["exp1", "32"])
     assert main(["--tracking-uri", store, "--recipe", "authors-code"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no bigbatch runs with recipe=authors-code") and "have: text" in err
