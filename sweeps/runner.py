@@ -77,6 +77,8 @@ class SweepResult:
 
 # ---------------------------------------------------------------------------------------------- checks
 def check_storage(path: Path) -> None:
+    """Probe that ``path`` can be created and written; leaves nothing behind (bad input writes nothing)."""
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".bigbatch-write-test-{os.getpid()}"
@@ -84,6 +86,12 @@ def check_storage(path: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise SweepError(f"storage path {path} is not writable ({e.strerror or e})") from None
+    finally:
+        for p in created:  # made again by _run once every check has passed
+            try:
+                p.rmdir()
+            except OSError:
+                pass
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:
@@ -152,7 +160,8 @@ def connect_ray(address: str | None, num_cpus: int | None, verbose: int) -> bool
         except Exception as e:
             raise SweepError(f"cannot connect to the Ray cluster at --address {address}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        # "local": a new Ray instance, never a `ray start` cluster someone else left on this machine
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
     return True
 
 
@@ -303,6 +312,7 @@ def _run(opts: SweepOptions, space: SweepSpace, name: str, storage: Path, path: 
         "git_commit": commit,
         "checkpoint_every": opts.checkpoint_every,
     }
+    path.mkdir(parents=True, exist_ok=True)
     (path / SWEEP_FILE).write_text(json.dumps({"options": opts.to_json(), "tracking_uri": tracking_uri, "experiment_id": experiment_id,
                                                 "parent_run_id": parent_run_id, "mlflow_experiment": mlflow_experiment}, indent=2))
     trainable = tune.with_resources(make_trainable(train_fn), {"cpu": opts.cpus_per_trial, "gpu": gpus})
