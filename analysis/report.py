@@ -221,7 +221,8 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
     notp = [e for e in EXPERIMENTS if PAPER_TABLE[e].get(1024) is None]
     bad = trials[trials["status"].isin(("failed", "running"))]
     for r in bad.itertuples():
-        missing.append(f"run `{r.run_name}` ({r.mlflow_experiment}) is {r.status}")
+        state = "failed" if r.status == "failed" else "is still running (or its process died)"
+        missing.append(f"run `{r.run_name}` ({r.mlflow_experiment}) {state}")
     if not missing:
         missing.append("nothing: every cell of the six experiments has a finished run")
     add("\n".join(f"- {m}" for m in missing))

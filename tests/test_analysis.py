@@ -408,7 +408,7 @@ def test_report_written_and_links_resolve(store, tmp_path):
         assert section in md, section
     assert "exp3 (GhostBatchNorm + Linear Scaling Rule)" in md  # absent experiment reported
     assert "exp2: no finished run at batch size" not in md  # exp2 has no 1024 in its row: not missing
-    assert "is failed" in md and "| bigbatch-exp6 | 7 | 6 | 1 | 0 | 0 |" in md
+    assert "run `exp1 bs=32 seed=2` (bigbatch-exp1) failed" in md and "| bigbatch-exp6 | 7 | 6 | 1 | 0 | 0 |" in md
     assert "`epochs` = 5 (the paper: 100)" in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert len(links) == 6
