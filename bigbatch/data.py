@@ -251,10 +251,21 @@ def _download_cifar(spec: dict, root: Path) -> None:
     """Fetch and extract the official archive into ``root`` (torchvision's URL and md5 check)."""
     from torchvision.datasets.utils import download_and_extract_archive
 
+    created = [p for p in (root, *root.parents) if not p.exists()]  # deepest first
+    before = set(root.iterdir()) if root.is_dir() else set()
     try:
         root.mkdir(parents=True, exist_ok=True)
         download_and_extract_archive(spec["url"], download_root=str(root), md5=spec["md5"])
     except Exception as e:  # network, disk, md5, tar errors: all the user can do is the same
+        # leave nothing behind: a partial archive would only confuse the next attempt
+        for leftover in (set(root.iterdir()) if root.is_dir() else set()) - before:
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
         raise DataError(f"cannot download {spec['pretty']} (offline?): {_one_line(e)}") from None
 
 
