@@ -259,11 +259,15 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _atomic_save(obj: Any, path: Path) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over the target."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # the previous file stays; no half-written temporary is left beside it
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_checkpoint(run: Run, directory: Path, best_changed: bool) -> None:
@@ -372,12 +376,12 @@ def train(
                 save_checkpoint(run, ckpt, best_changed or not (ckpt / BEST_MODEL).exists())
             if report is not None:
                 report({**metrics, "checkpointed": checkpointed})
+        return _summary(run, status, diverged_epoch)  # evaluates the test set: may run out of memory too
     except torch.OutOfMemoryError:
         raise TrainingError(
             f"out of memory on {run.device} at batch_size={cfg.batch_size} "
             f"(another trial packed on the same GPU, or the batch is too large)"
         ) from None
-    return _summary(run, status, diverged_epoch)
 
 
 def _summary(run: Run, status: str, diverged_epoch: int | None) -> dict[str, Any]:
