@@ -100,6 +100,8 @@ def load_config(path: str | Path | None = None, recipe: str = "text", overrides:
     p = Path(path)
     if str(path) in EXPERIMENTS:
         return load_experiment(str(path), recipe).run_config(**overrides)
+    if not p.exists() and not p.suffix and len(p.parts) == 1:  # e.g. exp9: a misspelt experiment name
+        raise ConfigError(f"config file not found: {p} (nor an experiment: {', '.join(EXPERIMENTS)})")
     data = read_json(p)
     if isinstance(data, dict) and "config" in data:
         if p.resolve().parent == CONFIG_DIR.resolve() and p.stem in EXPERIMENTS:
