@@ -1,0 +1,82 @@
+"""Smoke tests of bench/: every benchmark runs end to end in its smallest mode, so the scripts cannot rot.
+
+The figures they print here mean nothing (tiny models, a handful of images); see bench/RESULTS.md.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+TINY = ["--width-mult", "0.0625", "--threads", "1"]
+
+
+def load(script: str):
+    """Import bench/<script> in-process (cheaper than a subprocess for the quick ones)."""
+    import importlib.util
+
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", BENCH / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(script: str, *args: str, timeout: int = 120) -> str:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def throughput_json(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "throughput.json"
+    text = run("throughput.py", "--device", "cpu", "--batch-sizes", "32", "--images", "64", "--eval-images", "64",
+               "--warmup-steps", "1", "--repeats", "1", "--workers", "0", "--breakdown", "--json", str(out), *TINY)
+    assert "| 32 |" in text and "bigbatch train img/s" in text and "augment (affine warp)" in text
+    return out
+
+
+def test_throughput_smallest_mode(throughput_json):
+    data = json.loads(throughput_json.read_text())
+    (row,) = data["results"]
+    assert row["batch_size"] == 32 and row["bigbatch"]["train_images_per_second"] > 0
+    assert row["baseline"]["train_images_per_second"] > 0 and row["ratio_train"] > 0
+    assert row["epoch_seconds_bigbatch"] > 0 and row["target_epoch_seconds"] is None  # no H100 target on CPU
+    assert data["machine"]["torch"] and data["model"]["forward_flops_per_image"] > 0
+
+
+def test_table_time_from_throughput_json(throughput_json, capsys):
+    assert load("table_time.py").main(["--throughput", str(throughput_json), "--batch-sizes", "32", "--packing-factor", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "CPU ESTIMATE" in text and "| **total** |" in text
+    assert "exp5" in text  # exp5's three factor_lr values are trials of their own
+
+
+def test_packing_says_gpu_only_then_runs_its_orchestration_on_cpu(tmp_path, capsys):
+    import torch
+
+    if not torch.cuda.is_available():
+        assert load("packing.py").main([]) == 0
+        assert "no CUDA GPU visible" in capsys.readouterr().out
+    out = tmp_path / "packing.json"
+    text = run("packing.py", "--allow-cpu", "--batch-sizes", "32", "--k", "1", "--seconds", "0.1", "--images", "64",
+               "--warmup-steps", "1", "--width-mult", "0.0625", "--json", str(out))
+    assert "| 32 | 1 (1) |" in text
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["total_images_per_second"] > 0 and not row["oom"] and not row["errors"]
+
+
+@pytest.mark.slow
+def test_ray_overhead_smallest_mode(tmp_path):
+    out = tmp_path / "ray.json"
+    text = run("ray_overhead.py", "--device", "cpu", "--epochs", "2", "--images", "64", "--val-images", "32",
+               "--batch-size", "32", "--skip-standalone-ckpt", "--json", str(out), *TINY, timeout=300)
+    assert "| ray |" in text and "target <= 5%" in text and "per epoch" in text
+    runs = json.loads(out.read_text())["runs"]
+    assert len(runs["ray"]["images_per_second"]) == 2 and len(runs["standalone"]["images_per_second"]) == 2
