@@ -94,7 +94,8 @@ def plot_curves(table: Table, history: pd.DataFrame, experiment: str, path: Path
             if len(h):
                 wide = h.pivot_table(index="step", columns="run_id", values="value", aggfunc="last").sort_index()
                 mean = wide.mean(axis=1, skipna=True)
-                ax.plot(mean.index, mean.values, color=colors[b], lw=1.6,
+                ax.plot(mean.index, mean.values, color=colors[b], lw=1.6 if len(mean) <= 200 else 1.1,
+                        zorder=3 + len(cells) - sorted(cells).index(b),  # small batch sizes on top
                         label=label + (f", mean of {wide.shape[1]} seeds" if wide.shape[1] > 1 else ""),
                         marker="o" if len(mean) <= 12 else None, ms=3.5)
                 if wide.shape[1] > 1:
