@@ -104,6 +104,7 @@ def run_search(args: argparse.Namespace, train_fn: Callable[..., dict[str, Any]]
         check_tracking(tracking_uri)
     except TrackingError as e:
         raise SweepError(str(e)) from None
+    path.mkdir(parents=True, exist_ok=True)  # check_storage leaves nothing behind; the default study DB lives here
     try:
         study_storage = optuna.storages.RDBStorage(study_url)
     except Exception as e:

@@ -140,6 +140,7 @@ def ray_environment() -> None:
     # num_to_keep forces a state snapshot per checkpoint; with short smoke epochs Tune warns about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     tmp = os.environ.get("RAY_TMPDIR", "")
     if tmp and len(tmp) > 40:  # AF_UNIX socket paths are limited to 107 bytes
         os.environ["RAY_TMPDIR"] = "/tmp"
@@ -231,8 +232,9 @@ def run_sweep(opts: SweepOptions, train_fn: Callable[..., dict[str, Any]] | None
         except (OSError, ValueError):
             raise SweepError(f"nothing to resume: {path} holds no {SWEEP_FILE} (not a bigbatch sweep)") from None
         base = SweepOptions(**saved["options"])
-        # resources, concurrency and the cluster may change on resume; what the trials train may not
-        for key in ("gpus_per_trial", "cpus_per_trial", "address", "num_cpus", "max_concurrent", "max_failures", "verbose"):
+        # Tuner.restore brings back the trials (with their resources) and the Tune configs from the sweep
+        # directory; only where Ray runs (--address, --num-cpus) and the verbosity may change on resume.
+        for key in ("address", "num_cpus", "verbose"):
             value = getattr(opts, key)
             if value is not None and value != getattr(SweepOptions(opts.experiment), key):
                 setattr(base, key, value)
@@ -347,9 +349,13 @@ def _run(opts: SweepOptions, space: SweepSpace, name: str, storage: Path, path: 
 
 def _finish(results, opts, name, path, tracking_uri, mlflow_experiment, experiment_id, parent_run_id) -> SweepResult:
     rows, errors, unfinished = [], 0, 0
+    try:  # trials that never reported have an empty Result.config: take it from the trial objects
+        configs = {os.path.basename(t.path): t.config for t in results._experiment_analysis.trials}
+    except Exception:
+        configs = {}
     for r in results:
         m = r.metrics or {}
-        cfg = r.config or {}
+        cfg = r.config or configs.get(os.path.basename(str(r.path)), {})
         if r.error is not None:
             errors += 1
             state = "error"

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -77,6 +78,10 @@ def run_trial(config: dict[str, Any], train_fn: Callable[..., dict[str, Any]] | 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
+    # one "Checkpoint successfully created" line per epoch and trial would drown the trial table
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    # MLflow's "View run ... at http://..." lines, once per trial
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     sweep = config["sweep"]
     cpus, gpus = trial_resources()
     torch.set_num_threads(max(1, int(cpus)))

@@ -75,3 +75,17 @@ def test_unreachable_tracking_server_buffers_then_flushes(sweep, tmp_path, monke
     again = TrialLogger(sweep, cfg, "t2", "exp6 bs=64", d, "cpu")
     again.log_epoch(epoch(3))
     assert steps(again) == [1, 2, 3] and not (d / PENDING_FILE).exists()
+
+
+def test_diverged_run_is_a_result(sweep, tmp_path):
+    cfg = RunConfig(experiment="exp3", dataset="synthetic", batch_size=1024)
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    logger = TrialLogger(sweep, cfg, "t3", "exp3 bs=1024 seed=0", d, "cpu")
+    logger.start()
+    logger.log_epoch(epoch(1))
+    logger.finish({"status": "diverged", "best_val_acc": 10.0, "best_epoch": 0, "test_acc": 10.0, "test_loss": float("nan"),
+                   "train_seconds": 1.0, "epochs_run": 1, "diverged_epoch": 2})
+    run = logger.client.get_run(logger.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["bigbatch.status"] == "diverged"
+    assert run.data.tags["bigbatch.diverged_epoch"] == "2" and run.data.metrics["test_acc"] == 10.0
