@@ -390,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         del run, bb, bl
         if gpu:
             torch.cuda.empty_cache()
-        print(f"  bs {bs}: done (bigbatch {fmt(bb_train)} img/s train)", file=sys.stderr, flush=True)
+        print(f"  bs {bs}: done (bigbatch {fmt(bb_train)} img/s train; its warm-up"
+              f"{' incl. torch.compile' if args.compile else ''} {row['bigbatch']['warmup_seconds']:.1f} s)", file=sys.stderr, flush=True)
 
     print_table(results, gpu)
     if args.breakdown:
