@@ -148,12 +148,12 @@ class Run:
 def setup(cfg: RunConfig, device: torch.device | None = None, data: DataSplits | None = None) -> Run:
     """Load data onto the device and build model, optimizer, schedules and RNGs from the config."""
     device = device or resolve_device(cfg.device)
+    # Set both ways: a Ray actor reused for the next trial must not keep the previous trial's mode.
     if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic  # autotuning picks by timing
     torch.manual_seed(cfg.seed)  # model init and dropout
     data = data or load_data(cfg, device)
     n = len(data.train)
