@@ -11,6 +11,7 @@ training loop, the sweeps and the analysis all agree on them.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -21,6 +22,14 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 class ConfigError(ValueError):
     """A run configuration that cannot be trained. The message is one line, meant for a user."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse with every CLI's error format: one line ``error: ...`` on stderr and exit status 2
+    (argparse's own format adds the usage block before the message)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 # Allowed values of the enumerated keys: one table, used by validation and by the README.
@@ -265,7 +274,7 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
 
 
 DEFAULTS = RunConfig()
-__all__ = ["RunConfig", "ConfigError", "CHOICES", "DEFAULTS", "read_json", "parse_set"]
+__all__ = ["RunConfig", "ConfigError", "OneLineArgumentParser", "CHOICES", "DEFAULTS", "read_json", "parse_set"]
 
 
 def reference_table() -> str:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, OneLineArgumentParser, RunConfig
 from .data import Augmenter, DataError, DataSplits, DeviceDataset, epoch_order, load_data
 from .model import build_model
 from .schedules import lr_schedule, momentum_schedule
@@ -413,7 +413,7 @@ def _summary(run: Run, status: str, diverged_epoch: int | None) -> dict[str, Any
 
 # ---------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="python -m bigbatch.train",
         description="Train one run. Prints one JSON line per epoch, then a JSON summary.",
     )

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any
 
-from bigbatch.config import ConfigError, RunConfig, parse_set, read_json
+from bigbatch.config import ConfigError, OneLineArgumentParser, RunConfig, parse_set, read_json
 from bigbatch.experiments import RECIPES, load_experiment
 
 from .runner import SweepError, SweepOptions, run_sweep
@@ -36,7 +36,7 @@ def build_parser(experiment: str) -> argparse.ArgumentParser:
             f"; searched: {', '.join(f'{k} in {list(v)}' for k, v in exp.search.items())}" if exp.search else "")
     except ConfigError:
         about = experiment
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(  # argparse errors: one line `error: ...`, exit 2
         prog=f"python -m sweeps.{experiment}",
         description=f"Ray Tune sweep of the paper's {about}. Logs to MLflow; resumable; see docs/sweeps.md.",
     )
