@@ -13,7 +13,6 @@ With several (dataset, recipe) in the store, every name gets a ``_<dataset>_<rec
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
+from bigbatch.config import OneLineArgumentParser  # noqa: E402
 from bigbatch.experiments import EXPERIMENTS, PAPER_TABLE, load_experiment  # noqa: E402
 
 from .runs import FINISHED, OPTUNA_EXPERIMENT, AnalysisError  # noqa: E402
@@ -307,7 +307,7 @@ DESCRIPTION = "Write the paper's figures as PNGs from the MLflow runs: validatio
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.figures", description=DESCRIPTION)
+    p = OneLineArgumentParser(prog="python -m analysis.figures", description=DESCRIPTION)  # errors: one line, exit 2
     add_common_args(p)
     p.add_argument("--out", required=True, help="directory receiving the PNG files")
     args = p.parse_args(list(argv) if argv is not None else None)

@@ -9,7 +9,6 @@ Python API: ``write_report(tracking_uri, out_dir) -> Path`` (the Markdown file).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import math
 import sys
@@ -18,6 +17,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from bigbatch.config import OneLineArgumentParser
 from bigbatch.experiments import EXPERIMENTS, PAPER_TABLE, load_experiment
 
 from . import figures as figs
@@ -258,7 +258,7 @@ DESCRIPTION = 'Write a Markdown and an HTML report from the MLflow runs: Table I
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=DESCRIPTION)
+    p = OneLineArgumentParser(prog="python -m analysis.report", description=DESCRIPTION)  # errors: one line, exit 2
     add_common_args(p)
     p.add_argument("--out", required=True, help="directory receiving report.md, report.html and figures/")
     args = p.parse_args(list(argv) if argv is not None else None)

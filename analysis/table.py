@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from bigbatch.config import OneLineArgumentParser
 from bigbatch.experiments import EXPERIMENTS, PAPER_BATCH_SIZES, PAPER_TABLE, load_experiment
 
 from .runs import EXPERIMENT_PREFIX, FINISHED, PARAM_TYPES, AnalysisError
@@ -495,7 +496,7 @@ DESCRIPTION = "Rebuild the paper's Table I from the MLflow runs: per (experiment
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.table", description=DESCRIPTION)
+    p = OneLineArgumentParser(prog="python -m analysis.table", description=DESCRIPTION)  # errors: one line, exit 2
     add_common_args(p)
     p.add_argument("--format", choices=FORMATS, default="markdown", help="output format (default markdown)")
     p.add_argument("--paper", action="store_true", help="add the paper's value and our difference to each cell")
