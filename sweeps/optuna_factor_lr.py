@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from bigbatch.config import ConfigError, parse_set
+from bigbatch.config import ConfigError, OneLineArgumentParser, parse_set
 from bigbatch.experiments import EXPERIMENTS, RECIPES
 
 from .runner import SweepError, check_resources, check_storage, connect_ray, default_name, reporter, _trial_dirname, _trial_name
@@ -39,7 +39,7 @@ def eq2_factor(batch_size: int, factor_lr: float = 10.0, base_batch_size: int = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sweeps.optuna_factor_lr", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="python -m sweeps.optuna_factor_lr", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", default="exp5", choices=EXPERIMENTS, help="the experiment whose config is searched (default exp5: GBN + CyclicLR)")
     p.add_argument("--batch-sizes", type=int, nargs="+", help=f"one search per batch size (default {DEFAULT_BATCH_SIZES})")
     p.add_argument("--num-samples", type=int, help="trials per batch size (default 20; smoke test 3)")
