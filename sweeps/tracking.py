@@ -307,6 +307,9 @@ class TrialLogger:
             self.start()
         if self.run_id is not None:
             try:
+                recovering = self._warned and len(self.pending)
+                if recovering:  # after a failure: a batch may have reached the server before its answer was lost
+                    self.logged_steps |= {m.step for m in self.client.get_metric_history(self.run_id, STEP_KEY)}
                 while self.pending:
                     p = self.pending[0]
                     if p["epoch"] not in self.logged_steps:
@@ -314,6 +317,10 @@ class TrialLogger:
                         self.client.log_batch(self.run_id, metrics=batch)
                         self.logged_steps.add(p["epoch"])
                     self.pending.pop(0)
+                if recovering:
+                    print(f"MLflow at {self.uri} answers again: trial {self.trial_id} sent its {recovering} buffered epoch(s)",
+                          file=sys.stderr, flush=True)
+                    self._warned = False  # warn again at the next outage
             except Exception as e:
                 self._warn("logging", e)
         try:

@@ -268,3 +268,47 @@ def test_out_of_memory_fails_only_that_trial_with_its_reason(tmp_path):
     assert res[64]["error"] == f"TrainingError: {reason}"
     assert res[64]["history"]["val_acc.steps"] == [1]  # the epoch before the failure is kept
     assert (res[32]["status"], res[32]["mlflow_status"]) == ("completed", "FINISHED")
+
+
+def test_tracking_answer_lost_after_commit_does_not_duplicate_an_epoch(tmp_path, capsys):
+    """The server stores an epoch, then dies before answering: the trial buffers it, and when the
+    server answers again it re-reads the steps already stored instead of sending the epoch twice."""
+    import types
+
+    from sweeps.tracking import TrialLogger
+
+    stored: dict[tuple[str, int], int] = {}
+
+    class FlakyClient:
+        mode = "ok"
+
+        def log_batch(self, run_id, metrics=(), **kwargs):
+            if self.mode == "down":
+                raise ConnectionError("Connection refused")
+            for m in metrics:
+                stored[(m.key, m.step)] = stored.get((m.key, m.step), 0) + 1
+            if self.mode == "lose-answer":
+                self.mode = "down"
+                raise ConnectionError("Connection reset by peer")
+
+        def get_metric_history(self, run_id, key):
+            if self.mode == "down":
+                raise ConnectionError("Connection refused")
+            return [types.SimpleNamespace(step=s) for (k, s) in stored if k == key]
+
+    sweep = {"tracking_uri": "http://127.0.0.1:1", "parent_run_id": "p", "experiment_id": "1", "sweep_name": "s"}
+    logger = TrialLogger(sweep, RunConfig(), "trial1", "label", tmp_path, "cpu")
+    client = logger._client = FlakyClient()
+    logger.run_id = "run1"
+    epoch = lambda e: {"epoch": e, "val_acc": 50.0 + e, "train_loss": 2.0 - e / 10}  # noqa: E731
+    logger.log_epoch(epoch(1))
+    client.mode = "lose-answer"
+    logger.log_epoch(epoch(2))  # stored, but the answer is lost: buffered
+    logger.log_epoch(epoch(3))  # server down: buffered (also in the checkpoint directory)
+    assert [p["epoch"] for p in json.loads((tmp_path / "mlflow_pending.json").read_text())] == [2, 3]
+    client.mode = "ok"
+    logger.log_epoch(epoch(4))
+    assert stored == {(k, e): 1 for k in ("val_acc", "train_loss") for e in (1, 2, 3, 4)}  # each epoch once
+    assert logger.pending == [] and not (tmp_path / "mlflow_pending.json").exists()
+    err = capsys.readouterr().err
+    assert err.count("warning: MLflow logging failed for trial trial1") == 1 and "answers again" in err
