@@ -221,7 +221,8 @@ def test_tracking_server_dies_mid_sweep_and_nothing_is_lost(tmp_path):
         for proc, tag in servers:
             reap(proc, tag)
     out = log.read_text()
-    assert "warning: MLflow logging failed for trial" in out, out[-4000:]  # the user is told
+    assert "warning: MLflow logging failed for trial" in out, out[-4000:]  # the user is told ...
+    assert "answers again: trial" in out, out[-4000:]  # ... and told when the buffered epochs went through
     assert "2 finished, 0 errored, 0 unfinished" in out
     res = trial_results(f"sqlite:///{db}")
     assert len(res) == 2
