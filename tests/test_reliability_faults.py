@@ -104,7 +104,8 @@ def test_worker_killed_mid_epoch_is_retried_from_its_checkpoint(reference, tmp_p
     assert "2 finished, 0 errored, 0 unfinished" in r.stdout
     # what the user sees: the death, then the restore from the epoch-2 checkpoint
     assert "ActorDiedError" in out or "worker process has died" in out, out[-4000:]
-    assert re.search(r"Restored .* from checkpoint: .*checkpoint_000001", out), out[-4000:]
+    assert re.search(r"Restored .* from checkpoint: .*checkpoint_00000[01]", out), out[-4000:]  # epoch 2 (or 1 if its
+    # result had not reached the driver yet)
     (trial_dir,) = glob.glob(str(tmp_path / "rr" / "worker" / "*_bs32_*"))
     assert Path(trial_dir, "error.txt").exists()  # Ray's record of the failure
     assert_same_results(trial_results(f"sqlite:///{tmp_path / 'm.db'}"), reference)
