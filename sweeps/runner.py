@@ -185,6 +185,43 @@ def default_name(experiment: str, recipe: str, smoke: bool) -> str:
     return f"{experiment}-{recipe}{'-smoke' if smoke else ''}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
+def repair_tune_state(path: Path) -> None:
+    """Move aside Tune state files a kill left torn, before ``Tuner.restore`` reads them.
+
+    Tune copies its snapshots (``experiment_state-*.json``, ``basic-variant-state-*.json``) into the
+    storage path non-atomically; a driver killed during the copy leaves an empty or truncated file,
+    and ``Tuner.restore`` then silently *restarts* the sweep with new, config-less trials. The newest
+    readable experiment state is kept (an older one only repeats epochs, which are logged once); a
+    torn search-algorithm state sets aside every such file (grid trials are all in the experiment state).
+    """
+    import ray.cloudpickle as cloudpickle
+
+    def readable(f: Path, load) -> bool:
+        try:
+            with open(f, "rb") as fh:
+                load(fh)
+            return True
+        except Exception:
+            return False
+
+    def aside(f: Path) -> None:
+        f.rename(f.with_name(f.name + ".torn"))
+        print(f"warning: {f} was torn by the interruption; set aside as {f.name}.torn", file=sys.stderr, flush=True)
+
+    states = sorted(path.glob("experiment_state-*.json"), reverse=True)  # Tune reads the newest by name
+    for f in states:
+        if readable(f, json.load):
+            break
+        aside(f)
+    else:
+        if states:
+            raise SweepError(f"cannot resume: every Tune experiment state in {path} is unreadable")
+    searcher = sorted(path.glob("basic-variant-state-*.json"), reverse=True)
+    if searcher and not readable(searcher[0], cloudpickle.load):
+        for f in searcher:
+            aside(f)
+
+
 def latest_sweep(storage: Path, experiment: str) -> str | None:
     """The most recently started sweep of this experiment under storage (for --resume without --name)."""
     candidates = []
@@ -323,7 +360,9 @@ def _run(opts: SweepOptions, space: SweepSpace, name: str, storage: Path, path: 
         print(f"{what} sweep {name}: {exp.name} ({exp.label}), recipe {exp.recipe}, {space.num_trials} trials, "
               f"{opts.cpus_per_trial:g} CPU + {gpus:g} GPU per trial; MLflow {tracking_uri} experiment {mlflow_experiment}", flush=True)
     if opts.resume:
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        repair_tune_state(path)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=space.param_space(sweep_info))
     else:
         tuner = tune.Tuner(
             trainable,

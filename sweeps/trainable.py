@@ -82,6 +82,8 @@ def run_trial(config: dict[str, Any], train_fn: Callable[..., dict[str, Any]] | 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     # MLflow's "View run ... at http://..." lines, once per trial
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if "sweep" not in config or "base" not in config:
+        raise RuntimeError(f"trial config without 'sweep'/'base' keys ({sorted(config)}): not a bigbatch sweep trial")
     sweep = config["sweep"]
     cpus, gpus = trial_resources()
     torch.set_num_threads(max(1, int(cpus)))
