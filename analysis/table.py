@@ -163,8 +163,10 @@ def _hashable(v: Any) -> Any:
 def choose(cell_runs: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, dict[str, list[Any]]]:
     """The selection rule on one cell's finished runs -> (setting, its runs, values searched per key).
 
-    Settings are ranked by mean best_val_acc over their seeds (a missing value counts as 0); ties go
-    to the setting with more seeds, then to the first one seen. Test accuracy is never looked at.
+    A setting with fewer diverged runs always ranks above one with more (a diverged run's chance-level
+    accuracy must not beat a real run that scored below chance on a tiny validation set); then settings
+    are ranked by mean best_val_acc over their seeds (a missing value counts as 0); ties go to the
+    setting with more seeds, then to the first one seen. Test accuracy is never looked at.
     """
     keys = nuisance_keys(cell_runs)
     searched = {k: sorted(cell_runs[k].dropna().map(_hashable).unique().tolist(), key=_sort_key) for k in keys}
@@ -174,7 +176,8 @@ def choose(cell_runs: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, dict[
     best, best_rank = None, None
     for setting, g in groups:
         setting = setting if isinstance(setting, tuple) else (setting,)
-        rank = (g["best_val_acc"].fillna(0.0).mean(), len(g))
+        diverged = float((g["status"] == "diverged").mean()) if "status" in g else 0.0
+        rank = (-diverged, g["best_val_acc"].fillna(0.0).mean(), len(g))
         if best_rank is None or rank > best_rank:
             best, best_rank = (dict(zip(keys, setting)), g), rank
     return best[0], best[1], searched

@@ -244,6 +244,19 @@ def test_selection_rule_over_seeds_on_a_frame():
     assert sorted(c.run_ids) == ["r2", "r3"]
 
 
+def test_a_diverged_setting_never_beats_a_finished_one():
+    """A diverged run reports chance-level validation accuracy (10%); a real run on a tiny validation
+    set can score below it, but the setting that trained must still be the one chosen."""
+    from analysis.table import build_table
+
+    rows = [{"mlflow_experiment": "bigbatch-exp5", "role": "trial", "experiment": "exp5", "batch_size": 1024,
+             "dataset": "cifar10", "recipe": "text", "status": status, "best_val_acc": val, "test_acc": test,
+             "run_id": rid, "seed": 0, "factor_lr": f}
+            for rid, f, status, val, test in (("a", 10.0, "diverged", 10.0, 10.0), ("b", 2.0, "completed", 9.0, 9.5))]
+    c = build_table(pd.DataFrame(rows)).cell("exp5", 1024)
+    assert c.setting == {"factor_lr": 2.0} and c.test_acc == pytest.approx(9.5) and not c.chosen_diverged
+
+
 def test_other_varying_keys_are_settings_with_a_warning():
     """A key no experiment searches (here epochs: a quick run beside the full one) still splits the
     settings, gets no edge mark, but a warning naming it."""
