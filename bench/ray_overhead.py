@@ -228,7 +228,8 @@ def checkpoint_probe(width: float, device: torch.device, repeats: int = 3) -> di
             run.best_state = _cpu_state(_raw_model(run))
             best_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            save_checkpoint(run, d, best_changed=True)
+            run.best_epoch = i + 1  # a new best: last.pt carries it and best_model.pt is rewritten
+            save_checkpoint(run, d)
             save_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             shutil.copytree(d, Path(tmp) / f"copy{i}")

@@ -132,6 +132,7 @@ class Run:
     best_val_acc: float = -1.0
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
+    best_saved_epoch: int = 0  # the epoch whose weights checkpoint_dir/best_model.pt holds (0: none)
     train_seconds: float = 0.0
     fault: Callable[[int], None] | None = None  # test hook (fault_injector), called mid-epoch
 
@@ -270,7 +271,14 @@ def _atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
-def save_checkpoint(run: Run, directory: Path, best_changed: bool) -> None:
+def save_checkpoint(run: Run, directory: Path) -> None:
+    """Write last.pt, then best_model.pt when the best model changed since it was last written.
+
+    The best weights travel inside last.pt only on those checkpoints (not every epoch: at full width
+    they double its size). Writing last.pt first keeps the pair consistent after a crash at any point:
+    best_model.pt is only ever replaced by weights that a complete last.pt already holds, so a last.pt
+    without them always names the best_model.pt beside it (see load_checkpoint).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     rng = {
         "torch": torch.get_rng_state(),
@@ -279,19 +287,21 @@ def save_checkpoint(run: Run, directory: Path, best_changed: bool) -> None:
     }
     if run.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(run.device)
-    if best_changed and run.best_state is not None:
-        _atomic_save(run.best_state, directory / BEST_MODEL)
+    new_best = run.best_state is not None and run.best_epoch != run.best_saved_epoch
     state = {
         "epoch": run.epoch,
         "model": _raw_model(run).state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "rng": rng,
-        "best": {"val_acc": run.best_val_acc, "epoch": run.best_epoch, "state": run.best_state},
+        "best": {"val_acc": run.best_val_acc, "epoch": run.best_epoch, "state": run.best_state if new_best else None},
         "history": run.history,
         "train_seconds": run.train_seconds,
         "config": run.cfg.to_dict(),
     }
     _atomic_save(state, directory / CHECKPOINT)
+    if new_best:
+        _atomic_save(run.best_state, directory / BEST_MODEL)
+        run.best_saved_epoch = run.best_epoch
 
 
 def load_checkpoint(run: Run, directory: Path) -> bool:
@@ -320,6 +330,14 @@ def load_checkpoint(run: Run, directory: Path) -> bool:
     run.best_val_acc = state["best"]["val_acc"]
     run.best_epoch = state["best"]["epoch"]
     run.best_state = state["best"]["state"]
+    if run.best_state is not None:  # written with this checkpoint; best_model.pt may not have followed
+        _atomic_save(run.best_state, directory / BEST_MODEL)
+    else:  # unchanged since an earlier checkpoint: best_model.pt holds it
+        try:
+            run.best_state = torch.load(directory / BEST_MODEL, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise TrainingError(f"cannot read {directory / BEST_MODEL} (the best model of checkpoint {path}): {type(e).__name__}") from None
+    run.best_saved_epoch = run.best_epoch
     run.train_seconds = state["train_seconds"]
     return True
 
@@ -373,7 +391,7 @@ def train(
             run.history.append(metrics)
             checkpointed = ckpt is not None and (run.epoch % checkpoint_every == 0 or run.epoch == total)
             if checkpointed:
-                save_checkpoint(run, ckpt, best_changed or not (ckpt / BEST_MODEL).exists())
+                save_checkpoint(run, ckpt)
             if report is not None:
                 report({**metrics, "checkpointed": checkpointed})
         return _summary(run, status, diverged_epoch)  # evaluates the test set: may run out of memory too

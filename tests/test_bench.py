@@ -80,3 +80,13 @@ def test_ray_overhead_smallest_mode(tmp_path):
     assert "| ray |" in text and "target <= 5%" in text and "per epoch" in text
     runs = json.loads(out.read_text())["runs"]
     assert len(runs["ray"]["images_per_second"]) == 2 and len(runs["standalone"]["images_per_second"]) == 2
+
+
+def test_checkpoint_cost_a_non_improving_epoch_writes_less(tmp_path):
+    out = tmp_path / "ckpt.json"
+    run("checkpoint_cost.py", "--width-mult", "0.125", "--device", "cpu", "--repeats", "1", "--json", str(out))
+    figures = json.loads(out.read_text())
+    for momentum in ("0.0", "0.9"):
+        improved, plain = figures[momentum]["improved"], figures[momentum]["not improved"]
+        # without a new best, last.pt leaves the best weights out and best_model.pt is not rewritten
+        assert plain["bytes_written"] < 0.7 * improved["bytes_written"]

@@ -195,3 +195,65 @@ def test_cli_bad_input_exits_2_with_one_line(args, fragment, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
+
+
+def _scripted_val(monkeypatch, accs, states):
+    """Make validation return scripted accuracies; remember the model state at each epoch's validation."""
+    accs = iter(accs)
+    real_eval = train_mod.evaluate
+
+    def fake_eval(run, dataset, augment=False):
+        if dataset is run.data.val:
+            states[run.epoch + 1] = {k: v.clone() for k, v in train_mod._raw_model(run).state_dict().items()}
+            return 1.0, next(accs)
+        return real_eval(run, dataset, augment)
+
+    monkeypatch.setattr(train_mod, "evaluate", fake_eval)
+
+
+def _same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_best_model_file_follows_an_improvement_between_checkpoints(tmp_path, monkeypatch):
+    """checkpoint_every=2: the best epoch (3) is not a checkpoint epoch and epoch 4 does not improve;
+    best_model.pt (the MLflow artifact) must still hold epoch 3's weights."""
+    states = {}
+    _scripted_val(monkeypatch, [10.0, 50.0, 90.0, 20.0], states)
+    summary = train(RunConfig(**dict(TINY, epochs=4)), checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert summary["best_epoch"] == 3
+    assert _same_state(torch.load(tmp_path / BEST_MODEL, weights_only=True), states[3])
+
+
+def test_last_checkpoint_carries_the_best_model_only_when_it_changed(tmp_path, monkeypatch):
+    states = {}
+    _scripted_val(monkeypatch, [50.0, 10.0], states)
+    cfg = RunConfig(**dict(TINY, epochs=2))
+
+    def look(m):
+        best = torch.load(tmp_path / CHECKPOINT, weights_only=True)["best"]
+        assert (best["state"] is not None) == (m["epoch"] == 1), m["epoch"]  # epoch 2 did not improve
+
+    train(cfg, report=look, checkpoint_dir=tmp_path)
+    assert _same_state(torch.load(tmp_path / BEST_MODEL, weights_only=True), states[1])
+
+
+def test_crash_between_last_and_best_files_resumes_exactly(tmp_path, monkeypatch):
+    cfg = RunConfig(**STATEFUL)
+    full = train(cfg)
+    real_save = train_mod._atomic_save
+
+    def crash_on_best(obj, path):
+        if path.name == BEST_MODEL:
+            raise Stop  # last.pt of this epoch is complete, best_model.pt is not written
+        real_save(obj, path)
+
+    monkeypatch.setattr(train_mod, "_atomic_save", crash_on_best)
+    with pytest.raises(Stop):
+        train(cfg, checkpoint_dir=tmp_path)
+    assert (tmp_path / CHECKPOINT).exists() and not (tmp_path / BEST_MODEL).exists()
+    monkeypatch.setattr(train_mod, "_atomic_save", real_save)
+    resumed = train(cfg, checkpoint_dir=tmp_path)
+    assert _strip(resumed["history"]) == _strip(full["history"])
+    assert (resumed["test_acc"], resumed["best_epoch"]) == (full["test_acc"], full["best_epoch"])
+    assert (tmp_path / BEST_MODEL).exists()
