@@ -152,9 +152,7 @@ class RunConfig:
             if key not in valid:
                 raise ConfigError(_unknown_key_message(key, valid))
         hints = get_type_hints(cls)
-        cfg = cls(**{k: _coerce(k, v, hints[k]) for k, v in d.items()})
-        cfg.validate()
-        return cfg
+        return cls(**{k: _coerce(k, v, hints[k]) for k, v in d.items()})  # validated by __post_init__
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RunConfig":
@@ -165,6 +163,9 @@ class RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **changes})
 
     # ------------------------------------------------------------------ validation
+    def __post_init__(self) -> None:
+        self.validate()  # every RunConfig is trainable, however it was built
+
     def validate(self) -> None:
         """Raise ConfigError (one line) for any setting that cannot be trained."""
         for key, allowed in CHOICES.items():

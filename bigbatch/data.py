@@ -39,6 +39,7 @@ __all__ = [
     "split_indices",
     "write_cifar",
     "check_sizes",
+    "require_batch_fits",
 ]
 
 
@@ -155,8 +156,6 @@ def check_sizes(cfg: Any) -> int | None:
     Fashion-MNIST (files with fewer images are still caught when they are loaded); None for an
     unknown dataset.
     """
-    from .config import ConfigError
-
     pool = cfg.synthetic_size if cfg.dataset == "synthetic" else NOMINAL_POOL.get(cfg.dataset)
     if pool is None:
         return None
@@ -167,9 +166,16 @@ def check_sizes(cfg: Any) -> int | None:
         raise DataError(f"train_subset={cfg.train_subset} is larger than the training split "
                         f"({n} images = {pool} - val_size {cfg.val_size})")
     n = cfg.train_subset or n
-    if cfg.batch_size > n:
-        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set ({n} images)")
+    require_batch_fits(cfg.batch_size, n)
     return n
+
+
+def require_batch_fits(batch_size: int, n_train: int) -> None:
+    """ConfigError unless one batch fits in the training set (shared by check_sizes and the trainer)."""
+    from .config import ConfigError
+
+    if batch_size > n_train:
+        raise ConfigError(f"batch_size={batch_size} is larger than the training set ({n_train} images)")
 
 
 def load_data(cfg: Any, device: torch.device | str) -> DataSplits:

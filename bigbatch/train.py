@@ -2,7 +2,7 @@
 
     from bigbatch.config import RunConfig
     from bigbatch.train import train
-    summary = train(RunConfig(dataset="synthetic", epochs=2), report=print)
+    summary = train(RunConfig(dataset="synthetic", val_size=256, width_mult=0.25, epochs=2), report=print)
 
 Design (see docs/architecture.md):
 - the whole dataset lives on the device as uint8; each epoch draws a permutation on the device and
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError, OneLineArgumentParser, RunConfig
-from .data import Augmenter, DataError, DataSplits, DeviceDataset, epoch_order, load_data
+from .data import Augmenter, DataError, DataSplits, DeviceDataset, epoch_order, load_data, require_batch_fits
 from .model import build_model
 from .schedules import lr_schedule, momentum_schedule
 
@@ -158,10 +158,7 @@ def setup(cfg: RunConfig, device: torch.device | None = None, data: DataSplits |
     torch.manual_seed(cfg.seed)  # model init and dropout
     data = data or load_data(cfg, device)
     n = len(data.train)
-    if cfg.batch_size > n:
-        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set ({n} images)")
-    if cfg.norm == "ghost" and cfg.virtual_batch_size > cfg.batch_size:
-        raise ConfigError(f"virtual_batch_size={cfg.virtual_batch_size} is larger than batch_size={cfg.batch_size}")
+    require_batch_fits(cfg.batch_size, n)  # the virtual batch is checked by RunConfig itself
     steps_per_epoch = n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
 
     model = build_model(cfg, data.num_classes, data.in_channels).to(device)

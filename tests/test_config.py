@@ -175,3 +175,10 @@ def test_readme_documents_every_key_as_the_source_says():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert reference_table() in readme, "README key table is stale: paste `python -m bigbatch.config` into it"
+
+
+def test_direct_construction_is_validated_too():
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+        RunConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="virtual_batch_size=32 is larger than batch_size=16"):
+        RunConfig(norm="ghost", batch_size=16)
