@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
 from bigbatch.config import OneLineArgumentParser  # noqa: E402
-from bigbatch.experiments import EXPERIMENTS, PAPER_TABLE, load_experiment  # noqa: E402
+from bigbatch.experiments import EXPERIMENTS, PAPER_TABLE, eq2_factor  # noqa: E402
 
 from .runs import FINISHED, OPTUNA_EXPERIMENT, AnalysisError  # noqa: E402
 from .table import Table, _fmt_value, add_common_args, build_tables, cli, load_table_runs  # noqa: E402
@@ -215,14 +215,6 @@ def best_factor_lr(runs: pd.DataFrame) -> pd.DataFrame:
         rows.append({"batch_size": int(bs), "factor_lr": float(best["f"]), "best_val_acc": best["best_val_acc"],
                      "test_acc": best["test_acc"], "n_trials": len(g) + n_stopped, "n_stopped": n_stopped})
     return pd.DataFrame(rows)
-
-
-def eq2_factor(batch_size: float, base_factor: float | None = None, base_batch_size: int | None = None) -> float:
-    """Eq. 2: factor_lr = factor_lr_baseline * sqrt(batchsize_baseline / batchsize)."""
-    exp6 = load_experiment("exp6").config
-    f0 = base_factor if base_factor is not None else float(exp6.get("factor_lr", 10.0))
-    b0 = base_batch_size if base_batch_size is not None else int(exp6.get("base_batch_size", 32))
-    return f0 * math.sqrt(b0 / batch_size)
 
 
 def plot_factor_lr(runs: pd.DataFrame, tables: Sequence[Table], path: Path) -> Path | None:

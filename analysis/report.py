@@ -22,7 +22,7 @@ from bigbatch.experiments import EXPERIMENTS, PAPER_TABLE, load_experiment
 
 from . import figures as figs
 from .markdown import to_html
-from .runs import EXPERIMENT_PREFIX, STATUSES, AnalysisError, default_tracking_uri, load_history
+from .runs import EXPERIMENT_PREFIX, STATUSES, default_tracking_uri, load_history
 from .table import (Table, _fmt_value, _num, add_common_args, build_tables, cli, load_table_runs,
                     markdown_table, paper_gap, paper_spread, render_markdown, table_runs)
 

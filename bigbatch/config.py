@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 
+def eq2(factor_lr: float, base_batch_size: float, batch_size: float) -> float:
+    """The paper's eq. 2: factor_lr scaled by sqrt(base batch size / batch size)."""
+    return factor_lr * math.sqrt(base_batch_size / batch_size)
+
+
 class ConfigError(ValueError):
     """A run configuration that cannot be trained. The message is one line, meant for a user."""
 
@@ -128,7 +133,7 @@ class RunConfig:
     def scaled_factor_lr(self) -> float:
         """The CyclicLR bound factor at this batch size (eq. 2 when factor_lr_scaling is sqrt)."""
         if self.factor_lr_scaling == "sqrt":
-            return self.factor_lr * math.sqrt(self.base_batch_size / self.batch_size)
+            return eq2(self.factor_lr, self.base_batch_size, self.batch_size)
         return self.factor_lr
 
     # ------------------------------------------------------------------ JSON in and out

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import CHOICES, ConfigError, RunConfig, read_json
+from .config import CHOICES, ConfigError, RunConfig, eq2, read_json
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 EXPERIMENTS = tuple(f"exp{i}" for i in range(1, 7))
@@ -87,6 +87,13 @@ def load_experiment(name: str, recipe: str = "text") -> Experiment:
     exp = Experiment(name, label, recipe, batch_sizes, config, {k: tuple(v) for k, v in search.items()})
     exp.run_config(batch_sizes[0])  # validate the declaration itself
     return exp
+
+
+def eq2_factor(batch_size: float) -> float:
+    """Eq. 2 with exp6's declared base factor and batch size (10 and 32): exp6's factor_lr at any
+    positive batch size, fractional ones included (for drawing the curve)."""
+    cfg = load_experiment("exp6").run_config()
+    return eq2(cfg.factor_lr, cfg.base_batch_size, batch_size)
 
 
 def load_config(path: str | Path | None = None, recipe: str = "text", overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from bigbatch.config import ConfigError, OneLineArgumentParser, parse_set
-from bigbatch.experiments import EXPERIMENTS, RECIPES
+from bigbatch.experiments import EXPERIMENTS, RECIPES, eq2_factor
 
 from .runner import SweepError, check_resources, check_storage, connect_ray, default_name, reporter, _trial_dirname, _trial_name
 from .space import build_space, trial_run_config
@@ -31,11 +30,6 @@ from .tracking import TrackingError, check_tracking, default_tracking_uri, finis
 
 MLFLOW_EXPERIMENT = "bigbatch-optuna-factor-lr"
 DEFAULT_BATCH_SIZES = [256, 512, 1024]
-
-
-def eq2_factor(batch_size: int, factor_lr: float = 10.0, base_batch_size: int = 32) -> float:
-    """The paper's eq. 2: f = 10 * sqrt(32 / bs)."""
-    return factor_lr * math.sqrt(base_batch_size / batch_size)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bigbatch.config import ConfigError
-from bigbatch.experiments import EXPERIMENTS, PAPER_TABLE, load_experiment
+from bigbatch.experiments import EXPERIMENTS
 
 from .space import SweepSpace, build_space, trial_dirname, trial_label, trial_run_config
 from .tracking import TrackingError, check_tracking, default_tracking_uri, finish_sweep, git_commit, normalize_tracking_uri, setup_sweep
@@ -310,7 +310,6 @@ def run_sweep(opts: SweepOptions, train_fn: Callable[..., dict[str, Any]] | None
 
 def _run(opts: SweepOptions, space: SweepSpace, name: str, storage: Path, path: Path, tracking_uri: str, gpus: float,
          saved: dict[str, Any] | None, train_fn) -> SweepResult:
-    import ray
     from ray import tune
 
     from .trainable import make_trainable
