@@ -1,0 +1,99 @@
+"""The names shared by the writer of the runs (``sweeps``) and their reader (``analysis``).
+
+One place for every MLflow experiment name, tag, metric and artifact name, the default tracking
+URI and the provenance recorded with each run, so that ``sweeps`` and ``analysis`` never import each
+other (both import this core module). Plain Python: no MLflow, Ray or torch import.
+
+The layout these names describe is in docs/architecture.md ("MLflow schema").
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+# ---------------------------------------------------------------------------------------------- experiments
+EXPERIMENT_PREFIX = "bigbatch-"  # MLflow experiment of a paper experiment: bigbatch-exp1 .. bigbatch-exp6
+OPTUNA_EXPERIMENT = EXPERIMENT_PREFIX + "optuna-factor-lr"  # the Optuna search over factor_lr
+
+
+def mlflow_experiment(experiment: str) -> str:
+    """The MLflow experiment name of a bigbatch experiment: ``exp5`` -> ``bigbatch-exp5`` (idempotent)."""
+    return experiment if experiment.startswith(EXPERIMENT_PREFIX) else EXPERIMENT_PREFIX + experiment
+
+
+# ---------------------------------------------------------------------------------------------- tags
+TAG_PREFIX = "bigbatch."  # every bigbatch tag starts with it
+
+
+def tag(name: str) -> str:
+    """The full tag key of a bigbatch tag: ``tag("status")`` -> ``bigbatch.status``."""
+    return TAG_PREFIX + name
+
+
+# Tags of both the sweep's parent run and its trials' child runs.
+TAG_ROLE = tag("role")  # ROLE_SWEEP (the parent run) | ROLE_TRIAL (one trial)
+TAG_EXPERIMENT = tag("experiment")  # exp1..exp6 (or another declared experiment)
+TAG_PAPER_ROW = tag("paper_row")  # the paper's Table I row label
+TAG_RECIPE = tag("recipe")  # text | authors-code
+TAG_DATASET = tag("dataset")  # cifar10 | cifar100 | fashion-mnist | synthetic
+TAG_SWEEP = tag("sweep")  # the sweep's name (Tune experiment directory name)
+TAG_SEARCH = tag("search")  # grid | optuna
+TAG_SMOKE_TEST = tag("smoke_test")  # "true" | "false" (parent run)
+TAG_GIT_COMMIT = tag("git_commit")  # commit of the code that ran ("-dirty" with local changes)
+TAG_STATUS = tag("status")  # one of STATUSES
+# Trial runs only.
+TAG_TRIAL_ID = tag("trial_id")  # Ray Tune's trial id (finds the run again on resume)
+TAG_DEVICE = tag("device")  # the device the trial actually used (the param "device" is the request)
+TAG_DIVERGED_EPOCH = tag("diverged_epoch")  # status diverged: the 1-based epoch whose loss was not finite
+TAG_ERROR = tag("error")  # status failed: the error, one line
+TAG_TORCH_VERSION = tag("torch_version")
+TAG_RAY_VERSION = tag("ray_version")
+TAG_MLFLOW_VERSION = tag("mlflow_version")
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
+
+ROLE_SWEEP = "sweep"
+ROLE_TRIAL = "trial"
+
+# bigbatch.status values. diverged: the loss turned non-finite; the run still reports the best model
+# seen before (the paper's rule). stopped: ended early by a scheduler (ASHA, Optuna search).
+STATUSES = ("completed", "diverged", "stopped", "failed", "running")
+FINISHED = ("completed", "diverged")  # runs that carry final metrics (test_acc of the best-val model)
+
+# ---------------------------------------------------------------------------------------------- metrics
+# Logged once per epoch, with step = the 1-based epoch.
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "momentum", "epoch_seconds",
+                 "images_per_second")
+STEP_KEY = "val_acc"  # the epoch metric whose steps say which epochs a run already holds
+# Logged once at the end of a run (accuracies in %, as the paper's Table I).
+SUMMARY_METRICS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "train_seconds")
+# Params derived from the RunConfig (logged beside its keys): name -> type.
+DERIVED_PARAMS = {"scaled_lr": float, "total_epochs": int, "scaled_factor_lr": float}
+
+# ---------------------------------------------------------------------------------------------- artifacts
+CHECKPOINT = "last.pt"  # a trial's full training state (bigbatch.train), in its checkpoint directory
+BEST_MODEL = "best_model.pt"  # state_dict of the best-validation model: checkpoint file and MLflow artifact
+CONFIG_ARTIFACT = "config.json"  # the trial's RunConfig, an MLflow artifact
+RUN_FILE = "mlflow_run.json"  # beside last.pt: the trial's MLflow run id travels with its checkpoint
+
+
+# ---------------------------------------------------------------------------------------------- defaults
+def default_tracking_uri(cwd: str | Path | None = None) -> str:
+    """``sqlite:////abs/cwd/mlflow.db``: absolute, because Ray trials run in their own directories."""
+    return "sqlite:///" + str(Path(cwd or os.getcwd()).resolve() / "mlflow.db")
+
+
+def git_commit(repo: str | Path | None = None) -> str:
+    """The commit of the code that runs (``-dirty`` with uncommitted changes); ``unknown`` outside git."""
+    repo = repo or Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip()
+        if out.returncode != 0 or not commit:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10)
+        return commit + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
