@@ -1,8 +1,10 @@
 """RunConfig: everything that defines one training run, as plain, validated, JSON-able data.
 
-The defaults are the paper's *text* recipe for its baseline (experiment 1) at batch size 32.
-Experiments are small diffs on top of these defaults, declared in ``bigbatch/configs/*.json``
-(see ``bigbatch.experiments``). Every key is commented with its unit.
+The defaults are the paper's *text* recipe for its baseline (experiment 1) at batch size 32;
+where the text is silent they are what the authors' code did (it produced Table I). Experiments
+are small diffs on top of these defaults, declared in ``bigbatch/configs/*.json`` (see
+``bigbatch.experiments``); ``authors-code.json`` holds the few keys where the code differs from the
+text. Every key is commented with its unit and, where it matters, where its default comes from.
 
 Derived quantities (the learning rate after batch-size scaling, the number of epochs after epoch
 scaling, the CyclicLR factor after eq. 2) are computed here, once, as properties, so that the
@@ -47,7 +49,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "factor_lr_scaling": ("none", "sqrt"),
     "cyclic_mode": ("triangular", "triangular2", "exp_range"),
     "norm": ("none", "batch", "ghost"),
-    "precision": ("auto", "fp32", "bf16"),
+    "precision": ("fp32", "bf16"),
 }
 
 
@@ -73,44 +75,44 @@ class RunConfig:
     lr: float = 0.01  # learning rate at base_batch_size (see lr_scaling)
     base_batch_size: int = 32  # the batch size that lr, epochs and factor_lr are quoted at
     lr_scaling: str = "none"  # none | linear (eq. 1: lr * bs / base) | sqrt (lr * sqrt(bs / base))
-    momentum: float = 0.0  # SGD momentum (the paper: none); the base momentum when cycle_momentum
-    weight_decay: float = 0.0  # L2 penalty per step (authors' code: 1e-6)
+    momentum: float = 0.0  # SGD momentum (the text: none); ignored when cycle_momentum
+    weight_decay: float = 1e-6  # L2 penalty per step (authors' code; the text is silent)
 
     # ---- learning-rate schedule: step -> lr is a pure function (bigbatch.schedules) ----
     schedule: str = "constant"  # constant | warmup_step (experiment 4) | cyclic (experiments 5, 6)
     warmup_epochs: int = 5  # warmup_step: epochs rising linearly from lr (unscaled) to the scaled lr
-    warmup_per_iteration: bool = True  # warmup_step: rise every iteration (Goyal et al.); False: per epoch
+    warmup_per_iteration: bool = True  # warmup_step: rise every iteration (the text, after Goyal et al.); False: per epoch (authors' code)
     milestones: tuple[int, ...] = (30, 60, 90)  # warmup_step: epochs at which lr is multiplied by gamma
     gamma: float = 0.1  # warmup_step: decay factor at each milestone
     factor_lr: float = 10.0  # cyclic: bounds are scaled_lr / f .. scaled_lr * f, at base_batch_size
     factor_lr_scaling: str = "none"  # none | sqrt (eq. 2: f * sqrt(base / bs), experiment 6)
     cyclic_mode: str = "triangular2"  # triangular | triangular2 (peak halves per cycle) | exp_range
     cyclic_gamma: float = 1.0  # exp_range only: amplitude multiplied by gamma**step
-    cyclic_step_epochs: float = 12.0  # cyclic: half a cycle (step_size_up), in epochs of iterations
-    cycle_momentum: bool = False  # cyclic: momentum cycles max..base inversely to lr (torch's default!)
+    cyclic_step_epochs: float = 12.0  # cyclic: half a cycle, round(this * (n_train // batch_size)) steps: epochs of full batches (authors' code)
+    cycle_momentum: bool = False  # cyclic: momentum cycles max..base inversely to lr (the text: no momentum; authors' code: on, torch's default)
     base_momentum: float = 0.8  # cycle_momentum: momentum at the lr peak
     max_momentum: float = 0.9  # cycle_momentum: momentum at the lr trough
 
     # ---- model: the paper's adapted VGG13 ----
     norm: str = "none"  # none | batch | ghost (feature extractor only)
-    virtual_batch_size: int = 32  # ghost: images per ghost-batch-norm group
-    bn_momentum: float = 0.1  # running-stat update, PyTorch convention (authors' code: 0.99)
+    virtual_batch_size: int = 32  # ghost: images per group of a full batch; every batch, the short last one too, is cut into batch_size // this groups (authors' code)
+    bn_momentum: float = 0.99  # running-stat update, PyTorch convention: weight of the new batch (authors' code; the text is silent)
     width_mult: float = 1.0  # channel multiplier of the convolutions (tests use narrow models)
     dropout: float = 0.5  # classifier dropout probability
 
     # ---- augmentation (runs on the training device, over the whole batch at once) ----
     hflip_p: float = 0.5  # probability of a horizontal flip
-    rotate_p: float = 0.5  # probability of a rotation (authors' code: 1.0)
+    rotate_p: float = 0.5  # probability of a rotation (the text; authors' code: 1.0)
     rotate_degrees: float = 15.0  # rotation drawn uniformly in +-degrees
-    translate_p: float = 0.5  # probability of a translation (authors' code: 1.0)
+    translate_p: float = 0.5  # probability of a translation (the text; authors' code: 1.0)
     translate_frac: float = 0.1  # translation drawn uniformly in +-fraction of the side, per axis
-    augment_val: bool = False  # augment the validation set too (authors' code: True)
+    augment_val: bool = False  # augment the validation set too (the text: a held-out split; authors' code: True)
 
     # ---- the loop ----
-    drop_last: bool = True  # drop the last partial batch of each epoch (authors' code: False)
+    drop_last: bool = False  # drop the last partial batch of each epoch (authors' code kept it; the text is silent)
     eval_batch_size: int = 1000  # images per evaluation step (no effect on results)
     seed: int = 0  # seed of initialisation, data order and augmentation
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "fp32"  # fp32 (authors' code; the text is silent) | bf16 (autocast: faster on GPUs; its cost in bench/RESULTS.md)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the model (pays off only for long runs on a GPU)
     deterministic: bool = False  # deterministic algorithms on GPU (slower); CPU is always deterministic

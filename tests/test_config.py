@@ -19,6 +19,8 @@ def test_defaults_are_the_papers_baseline():
     cfg = RunConfig()
     assert (cfg.batch_size, cfg.epochs, cfg.lr, cfg.momentum, cfg.norm) == (32, 100, 0.01, 0.0, "none")
     assert (cfg.val_size, cfg.split_seed, cfg.schedule) == (10000, 42, "constant")
+    # the text is silent: the authors' code's values
+    assert (cfg.drop_last, cfg.bn_momentum, cfg.weight_decay, cfg.precision) == (False, 0.99, 1e-6, "fp32")
 
 
 def test_json_round_trip(tmp_path):
@@ -60,6 +62,7 @@ def test_ints_accepted_where_floats_expected():
         ({"schedule": "warmup_step", "milestones": [60, 30]}, "milestones must be strictly increasing"),
         ({"milestones": "30,60"}, "milestones must be a list of int"),
         ({"device": "tpu"}, "device='tpu' is not one of"),
+        ({"precision": "auto"}, "precision='auto' is not one of: fp32, bf16"),
         ({"translate_frac": 0.7}, "translate_frac must lie in [0, 0.5)"),
     ],
 )
@@ -122,7 +125,7 @@ def test_every_experiment_and_recipe_resolves(name, recipe):
         cfg = exp.run_config(bs)
         assert (cfg.experiment, cfg.recipe, cfg.batch_size) == (name, recipe, bs)
     assert exp.label
-    assert set(exp.batch_sizes) <= set(PAPER_TABLE[name])
+    assert set(exp.batch_sizes) <= set(PAPER_TABLE.get(name, PAPER_BATCH_SIZES))  # lr-grid: not a Table I row
 
 
 def test_experiments_are_small_diffs_with_the_papers_settings():
@@ -141,9 +144,14 @@ def test_experiments_are_small_diffs_with_the_papers_settings():
 
 def test_authors_code_recipe_differences():
     text, code = load_experiment("exp5", "text").run_config(1024), load_experiment("exp5", "authors-code").run_config(1024)
-    assert (code.cycle_momentum, code.augment_val, code.drop_last, code.bn_momentum, code.weight_decay) == (True, True, False, 0.99, 1e-6)
-    assert (text.cycle_momentum, text.augment_val, text.drop_last, text.bn_momentum, text.weight_decay) == (False, False, True, 0.1, 0.0)
-    assert (code.rotate_p, code.translate_p, code.hflip_p) == (1.0, 1.0, 0.5)
+    assert (code.cycle_momentum, code.augment_val, code.rotate_p, code.translate_p) == (True, True, 1.0, 1.0)
+    assert (text.cycle_momentum, text.augment_val, text.rotate_p, text.translate_p) == (False, False, 0.5, 0.5)
+    # where the text is silent both recipes follow the code
+    for cfg in (text, code):
+        assert (cfg.drop_last, cfg.bn_momentum, cfg.weight_decay, cfg.precision, cfg.hflip_p) == (False, 0.99, 1e-6, "fp32", 0.5)
+    # everything else is the same in both recipes
+    diff = {k for k, v in code.to_dict().items() if text.to_dict()[k] != v}
+    assert diff == {"recipe", "cycle_momentum", "augment_val", "rotate_p", "translate_p"}
     assert not load_experiment("exp4", "authors-code").run_config(64).warmup_per_iteration
     assert load_experiment("exp4", "text").run_config(64).warmup_per_iteration
     assert not load_experiment("exp3", "authors-code").run_config(64).cycle_momentum
