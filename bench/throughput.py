@@ -1,10 +1,11 @@
 """Training and evaluation images/second: bigbatch's pipeline against a straightforward baseline.
 
-One run, same model (bigbatch.model.vgg13 with the same settings), same images, per batch size:
+One run, same model (bigbatch.model.build_model of the same RunConfig), same images, per batch size:
 
 - **bigbatch**: ``bigbatch.train.setup`` / ``train_epoch`` / ``evaluate`` as they are: the dataset
   resident on the device as uint8, each batch gathered + normalised + augmented (one affine warp) on
-  the device, bf16 autocast and channels_last on CUDA, no host synchronisation per step.
+  the device, fp32 (``--precision bf16``: bf16 autocast) and channels_last on CUDA, no host
+  synchronisation per step.
 - **baseline**: what a tutorial does: a ``torch.utils.data.Dataset`` of PIL images with CPU
   transforms (RandomHorizontalFlip, RandomRotation(15), RandomAffine(translate=0.1), ToTensor,
   Normalize), a ``DataLoader`` (shuffle, ``--workers`` processes, no pinned memory), ``.to(device)``
@@ -45,7 +46,7 @@ from common import (DEFAULT_BATCH_SIZES, PAPER_EVAL_IMAGES, PAPER_TRAIN_IMAGES, 
 
 from bigbatch.config import RunConfig
 from bigbatch.data import DeviceDataset, load_data
-from bigbatch.model import vgg13
+from bigbatch.model import build_model, vgg13
 from bigbatch.train import evaluate, setup, train_epoch
 
 
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how repeats are combined: median (default) or best (highest img/s: for a machine shared with other load)")
     p.add_argument("--workers", type=int, help="baseline DataLoader worker processes (default: min(8, CPUs))")
     p.add_argument("--compile", action="store_true", help="torch.compile bigbatch's model (cfg.compile); compile time is reported as warmup")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="bigbatch's precision (auto: bf16 on CUDA)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bigbatch's precision (fp32, the paper's; bf16: autocast)")
     p.add_argument("--skip-baseline", action="store_true", help="time bigbatch only (e.g. for table_time.py inputs)")
     p.add_argument("--breakdown", action="store_true",
                    help="also time the parts of one bigbatch step (gather, augment, model) and the baseline's loader alone")
@@ -187,9 +188,7 @@ def bench_baseline(cfg: RunConfig, device: torch.device, data, datasets, args) -
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.eval_batch_size, shuffle=False, **loader_args)
 
     torch.manual_seed(0)
-    model = vgg13(num_classes=data.num_classes, in_channels=data.in_channels, width_mult=cfg.width_mult,
-                  norm=cfg.norm, virtual_batch_size=cfg.virtual_batch_size, bn_momentum=cfg.bn_momentum,
-                  dropout=cfg.dropout).to(device)
+    model = build_model(cfg, data.num_classes, data.in_channels).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.scaled_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     def train_steps(max_steps: int | None):

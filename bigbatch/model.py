@@ -16,9 +16,9 @@ carry a bias only without normalisation (a bias before BN is cancelled by the me
 Parameter counts at width 1 with 10 classes: 9,404,992 in the convolutions (the ~9.4M of the
 paper's recipe), 9,672,778 in all with ``norm="none"``, 9,675,722 with ``batch``/``ghost``.
 
-Initialisation (the paper does not say): convolutions Kaiming-normal (fan_out, ReLU gain; the
-torchvision VGG choice, which keeps the 13-layer BN-free network trainable at lr 0.01), conv
-biases zero, norm weight 1 / bias 0, linear layers PyTorch's default.
+Initialisation (the paper does not say; the authors' code, as torchvision's VGG): convolutions
+Kaiming-normal (fan_out, ReLU gain, which keeps the 13-layer BN-free network trainable at lr 0.01),
+conv biases zero, norm weight 1 / bias 0, linear layers normal(0, 0.01) with bias zero.
 
 This module imports torch only (no ray, no mlflow).
 """
@@ -38,14 +38,20 @@ VGG13_WIDTHS: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, "M"
 
 
 class GhostBatchNorm2d(nn.Module):
-    """Ghost batch normalisation (Hoffer et al., 2017) over NCHW batches.
+    """Ghost batch normalisation (Hoffer et al., 2017) over NCHW batches, with a fixed number of groups.
 
-    Training mode: the batch is cut into contiguous groups of ``virtual_batch_size`` samples
-    (samples ``[0, v)``, ``[v, 2v)``, ...); each group is normalised with its own per-channel mean
-    and biased variance. The ``N // v`` full groups are computed together (one reshape to
-    ``(groups, v, C, H, W)``, no Python loop); when ``N`` is not a multiple of ``v`` the remaining
-    ``N % v`` samples form one more group, normalised with its own statistics in a second slice.
-    A batch no larger than ``v`` is one group: then the module is ``nn.BatchNorm2d`` exactly.
+    Training mode: every batch is cut into ``num_groups`` contiguous groups (the authors' code:
+    ``num_splits = batch_size // 32`` fixed when the model is built), each normalised with its own
+    per-channel mean and biased variance. A full batch of ``num_groups * v`` samples gives groups of
+    ``v`` (the virtual batch size); a short last batch (drop_last false) is cut into the same number
+    of groups, so they are smaller: at batch size 1024 the last 64 of CIFAR-10's 40,000 training
+    images make 32 groups of 2. A batch of ``n`` samples that ``num_groups`` does not divide is split
+    as evenly as possible, as ``torch.tensor_split``: the first ``n % num_groups`` groups get one
+    sample more (n = 70, 32 groups: 6 groups of 3, then 26 of 2; the authors' code would have failed
+    here, which never happens with CIFAR-10's 40,000 images and the paper's batch sizes). A batch of
+    fewer than ``num_groups`` samples is one group per sample. Every group is computed in at most two
+    vectorised slices (the larger groups, the smaller ones; a reshape to ``(groups, size, C, H, W)``,
+    no Python loop over groups). With ``num_groups == 1`` the module is ``nn.BatchNorm2d`` exactly.
 
     Running statistics, PyTorch's convention (``momentum`` weighs the new value)::
 
@@ -54,11 +60,12 @@ class GhostBatchNorm2d(nn.Module):
 
     where ``mean_g`` is the mean over groups of the group means and ``var_g`` the mean over groups of
     the group *unbiased* variances (group biased variance * m / (m - 1), m = samples * H * W of that
-    group), both weighted by the number of samples in each group. With full groups only, this
-    weighting is the plain mean over groups (the usual ghost-BN convention); the short remainder
-    group counts in proportion to its size. With one group it is exactly BatchNorm2d's update.
-    A group with m == 1 contributes its biased variance (0) instead of an undefined unbiased one.
-    ``num_batches_tracked`` counts training forward passes.
+    group), both weighted by the number of samples in each group. With equal groups (every batch
+    whose size num_groups divides, the short last batch included) this is the plain mean over groups,
+    which is what the authors' code did (one running statistic per group, averaged for evaluation);
+    with one group it is exactly BatchNorm2d's update. A group with m == 1 contributes its biased
+    variance (0) instead of an undefined unbiased one. ``num_batches_tracked`` counts training
+    forward passes.
 
     Eval mode: ``F.batch_norm`` with the running statistics, as BatchNorm2d.
 
@@ -68,14 +75,14 @@ class GhostBatchNorm2d(nn.Module):
     bias, running_mean, running_var, num_batches_tracked).
     """
 
-    def __init__(self, num_features: int, virtual_batch_size: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+    def __init__(self, num_features: int, num_groups: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         if num_features <= 0:
             raise ValueError(f"num_features must be positive, got {num_features}")
-        if virtual_batch_size <= 0:
-            raise ValueError(f"virtual_batch_size must be positive, got {virtual_batch_size}")
+        if num_groups <= 0:
+            raise ValueError(f"num_groups must be positive, got {num_groups}")
         self.num_features = num_features
-        self.virtual_batch_size = virtual_batch_size
+        self.num_groups = num_groups
         self.momentum = momentum
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(num_features))
@@ -95,10 +102,7 @@ class GhostBatchNorm2d(nn.Module):
         nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, virtual_batch_size={self.virtual_batch_size}, "
-            f"eps={self.eps}, momentum={self.momentum}"
-        )
+        return f"{self.num_features}, num_groups={self.num_groups}, eps={self.eps}, momentum={self.momentum}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
@@ -109,20 +113,19 @@ class GhostBatchNorm2d(nn.Module):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
         n, c, h, w = x.shape
-        v = self.virtual_batch_size
-        full, rest = divmod(n, v)
         if n * h * w <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-        outs, stats = [], []  # at most two entries each: the full groups, the remainder group
-        if full:
-            xs = x if rest == 0 else x[: full * v]
-            y, mean, uvar = self._normalise(xs.reshape(full, v, c, h, w))
-            outs.append(y.reshape(full * v, c, h, w))
-            stats.append((v, mean, uvar))
-        if rest:
-            y, mean, uvar = self._normalise(x[full * v :].reshape(1, rest, c, h, w))
-            outs.append(y.reshape(rest, c, h, w))
-            stats.append((rest, mean, uvar))
+        groups = min(self.num_groups, n)
+        q, r = divmod(n, groups)  # r groups of q + 1 samples, then groups - r groups of q
+        outs, stats, start = [], [], 0  # at most two entries each: the larger groups, the smaller ones
+        for count, size in ((r, q + 1), (groups - r, q)):
+            if count == 0:
+                continue
+            xs = x if count * size == n else x[start : start + count * size]
+            y, mean, uvar = self._normalise(xs.reshape(count, size, c, h, w))
+            outs.append(y.reshape(count * size, c, h, w))
+            stats.append((size, mean, uvar))
+            start += count * size
         with torch.no_grad():
             # mean over groups of the group statistics (shapes (groups, C)), each group weighted
             # by its share of the batch (group size / n; 1.0 exactly for a single group)
@@ -152,29 +155,29 @@ class GhostBatchNorm2d(nn.Module):
 NormBuilder = Callable[..., "nn.Module | None"]
 
 
-def _no_norm(num_features: int, *, virtual_batch_size: int, momentum: float) -> None:
+def _no_norm(num_features: int, *, ghost_groups: int, momentum: float) -> None:
     return None
 
 
-def _batch_norm(num_features: int, *, virtual_batch_size: int, momentum: float) -> nn.Module:
+def _batch_norm(num_features: int, *, ghost_groups: int, momentum: float) -> nn.Module:
     return nn.BatchNorm2d(num_features, momentum=momentum)
 
 
-def _ghost_norm(num_features: int, *, virtual_batch_size: int, momentum: float) -> nn.Module:
-    return GhostBatchNorm2d(num_features, virtual_batch_size, momentum=momentum)
+def _ghost_norm(num_features: int, *, ghost_groups: int, momentum: float) -> nn.Module:
+    return GhostBatchNorm2d(num_features, ghost_groups, momentum=momentum)
 
 
-# name -> builder(num_features, *, virtual_batch_size, momentum) -> module (None: no layer)
+# name -> builder(num_features, *, ghost_groups, momentum) -> module (None: no layer)
 NORM_LAYERS: dict[str, NormBuilder] = {"none": _no_norm, "batch": _batch_norm, "ghost": _ghost_norm}
 
 
-def make_norm(name: str, num_features: int, *, virtual_batch_size: int = 32, momentum: float = 0.1) -> nn.Module | None:
+def make_norm(name: str, num_features: int, *, ghost_groups: int = 1, momentum: float = 0.1) -> nn.Module | None:
     """The norm layer called ``name`` (None for "none"); ValueError naming the valid ones otherwise."""
     try:
         builder = NORM_LAYERS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown norm {name!r}; valid: {', '.join(NORM_LAYERS)}") from None
-    return builder(num_features, virtual_batch_size=virtual_batch_size, momentum=momentum)
+    return builder(num_features, ghost_groups=ghost_groups, momentum=momentum)
 
 
 # ---------------------------------------------------------------------------- the network
@@ -190,12 +193,13 @@ def vgg13(
     in_channels: int = 3,
     width_mult: float = 1.0,
     norm: str = "none",
-    virtual_batch_size: int = 32,
+    ghost_groups: int = 1,
     bn_momentum: float = 0.1,
     dropout: float = 0.5,
 ) -> nn.Sequential:
     """The paper's adapted VGG13 (module docstring). ``features`` is ``model[0]``, ``classifier``
-    ``model[1]``; 32x32 inputs (any side in 32..63 reaches 1x1 after the five pools)."""
+    ``model[1]``; 32x32 inputs (any side in 32..63 reaches 1x1 after the five pools). ``ghost_groups``:
+    the number of groups of every GhostBatchNorm2d (norm "ghost")."""
     if norm not in NORM_LAYERS:
         raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORM_LAYERS)}")
     if num_classes <= 0 or in_channels <= 0:
@@ -207,7 +211,7 @@ def vgg13(
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             continue
         assert isinstance(w, int)
-        norm_layer = make_norm(norm, w, virtual_batch_size=virtual_batch_size, momentum=bn_momentum)
+        norm_layer = make_norm(norm, w, ghost_groups=ghost_groups, momentum=bn_momentum)
         layers.append(nn.Conv2d(c_in, w, kernel_size=3, padding=1, bias=norm_layer is None))
         if norm_layer is not None:
             layers.append(norm_layer)
@@ -238,17 +242,21 @@ def _init_weights(model: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, GhostBatchNorm2d)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
 
 
 def build_model(cfg: Any, num_classes: int, in_channels: int) -> nn.Module:
-    """The VGG13 a RunConfig asks for (norm, virtual_batch_size, bn_momentum, width_mult, dropout).
+    """The VGG13 a RunConfig asks for (norm, bn_momentum, width_mult, dropout; ghost BN with
+    ``batch_size // virtual_batch_size`` groups, fixed by the batch size as in the authors' code).
     Weights come from torch's global RNG: seed it before calling for reproducible initialisation."""
     return vgg13(
         num_classes=num_classes,
         in_channels=in_channels,
         width_mult=cfg.width_mult,
         norm=cfg.norm,
-        virtual_batch_size=cfg.virtual_batch_size,
+        ghost_groups=max(1, cfg.batch_size // cfg.virtual_batch_size),
         bn_momentum=cfg.bn_momentum,
         dropout=cfg.dropout,
     )

@@ -10,7 +10,8 @@ Design (see docs/architecture.md):
 - lr and momentum come from pure functions of the global step (bigbatch.schedules);
 - no host synchronisation inside the step loop: losses and accuracies accumulate on the device and
   are read once per epoch, where divergence (a non-finite loss) is also detected;
-- bf16 autocast and channels_last on CUDA, fp32 on CPU;
+- fp32, as the authors trained (``precision: bf16`` turns on bf16 autocast, on any device); channels_last
+  on CUDA;
 - with a checkpoint directory, every `checkpoint_every` epochs the full state (model, optimizer,
   step, every RNG, best model, history) is written atomically *before* `report` is called, and a
   run started on a directory holding a checkpoint resumes from it bit-exactly (on CPU).
@@ -105,11 +106,6 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def autocast_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA (auto), fp32 on CPU (auto); explicit settings win."""
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 @dataclass
@@ -126,7 +122,7 @@ class Run:
     steps_per_epoch: int
     order_gen: torch.Generator  # draws each epoch's permutation, on the device
     augment: Augmenter
-    amp_dtype: torch.dtype | None
+    amp_dtype: torch.dtype | None  # torch.bfloat16 with precision bf16 (autocast); None: fp32
     epoch: int = 0  # epochs completed
     history: list[dict[str, Any]] = field(default_factory=list)
     best_val_acc: float = -1.0
@@ -178,7 +174,7 @@ def setup(cfg: RunConfig, device: torch.device | None = None, data: DataSplits |
     order_gen.manual_seed(cfg.seed + 1)
     augment = Augmenter(cfg, device, seed=cfg.seed + 2)
     return Run(cfg, device, data, model, optimizer, lr_at, momentum_at, steps_per_epoch, order_gen, augment,
-               autocast_dtype(cfg, device))
+               torch.bfloat16 if cfg.precision == "bf16" else None)
 
 
 # ---------------------------------------------------------------------------------------------- loop

@@ -11,9 +11,9 @@ from bigbatch.config import RunConfig
 from bigbatch.model import NORM_LAYERS, GhostBatchNorm2d, build_model, make_norm, vgg13
 
 
-def _pair(c: int, vbs: int, momentum: float = 0.1, dtype=torch.float64):
+def _pair(c: int, groups: int, momentum: float = 0.1, dtype=torch.float64):
     """A GhostBatchNorm2d and a BatchNorm2d with the same (non-trivial) affine parameters."""
-    g = GhostBatchNorm2d(c, vbs, momentum=momentum).to(dtype)
+    g = GhostBatchNorm2d(c, groups, momentum=momentum).to(dtype)
     b = nn.BatchNorm2d(c, momentum=momentum).to(dtype)
     with torch.no_grad():
         g.weight.copy_(torch.linspace(0.5, 1.5, c))
@@ -23,11 +23,12 @@ def _pair(c: int, vbs: int, momentum: float = 0.1, dtype=torch.float64):
     return g, b
 
 
-def _reference_ghost(x, vbs, weight, bias, eps=1e-5):
-    """Per-group loop: each contiguous group normalised by F.batch_norm with its own batch stats.
+def _reference_ghost(x, groups, weight, bias, eps=1e-5):
+    """Per-group loop: ``groups`` contiguous groups as torch.tensor_split cuts them (sizes differing by at
+    most one, the larger first), each normalised by F.batch_norm with its own batch statistics.
     Returns the output and the (sample-weighted) mean of the group means / unbiased variances."""
     outs, means, uvars, sizes = [], [], [], []
-    for xg in x.split(vbs, 0):
+    for xg in x.tensor_split(min(groups, x.shape[0]), 0):
         outs.append(F.batch_norm(xg, None, None, weight, bias, True, 0.0, eps))
         means.append(xg.mean(dim=(0, 2, 3)))
         uvars.append(xg.transpose(0, 1).reshape(x.shape[1], -1).var(dim=1, unbiased=True))
@@ -38,10 +39,10 @@ def _reference_ghost(x, vbs, weight, bias, eps=1e-5):
     return torch.cat(outs), mean.detach(), uvar.detach()
 
 
-@pytest.mark.parametrize("n,vbs", [(16, 16), (10, 32), (33, 1000)])
-def test_ghost_equals_batchnorm_when_one_group(n, vbs):
+@pytest.mark.parametrize("n", [16, 10, 33])
+def test_ghost_equals_batchnorm_when_one_group(n):
     torch.manual_seed(0)
-    g, b = _pair(6, vbs)
+    g, b = _pair(6, 1)
     for step in range(3):  # several steps: the running statistics accumulate the same way
         x = (torch.randn(n, 6, 5, 4, dtype=torch.float64) * 3 + 1).requires_grad_(True)
         x2 = x.detach().clone().requires_grad_(True)
@@ -61,12 +62,12 @@ def test_ghost_equals_batchnorm_when_one_group(n, vbs):
     torch.testing.assert_close(g(x), b(x), rtol=1e-12, atol=1e-12)
     # the state_dict is BatchNorm2d's: keys, shapes, and it loads both ways
     assert {k: v.shape for k, v in g.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
-    GhostBatchNorm2d(6, vbs).to(torch.float64).load_state_dict(b.state_dict())
+    GhostBatchNorm2d(6, 1).to(torch.float64).load_state_dict(b.state_dict())
 
 
 def test_ghost_equals_batchnorm_float32():
     torch.manual_seed(1)
-    g, b = _pair(8, 64, dtype=torch.float32)
+    g, b = _pair(8, 1, dtype=torch.float32)
     x = torch.randn(64, 8, 6, 6).requires_grad_(True)
     x2 = x.detach().clone().requires_grad_(True)
     yg, yb = g(x), b(x2)
@@ -79,7 +80,7 @@ def test_ghost_equals_batchnorm_float32():
 
 def test_groups_are_independent():
     torch.manual_seed(0)
-    g, _ = _pair(4, 8)
+    g, _ = _pair(4, 3)
     x = torch.randn(24, 4, 3, 3, dtype=torch.float64)
     y = g(x)
     x2 = x.clone()
@@ -94,16 +95,18 @@ def test_groups_are_independent():
     torch.testing.assert_close(std, g.weight.detach().expand(3, 4), atol=1e-4, rtol=1e-4)  # up to eps
 
 
-@pytest.mark.parametrize("n,vbs", [(70, 32), (96, 32), (65, 8), (5, 2)])
-def test_matches_per_group_reference_loop(n, vbs):
-    """Full groups and a remainder group (70 = 32 + 32 + 6): outputs, gradients, running stats."""
+@pytest.mark.parametrize("n,groups", [(96, 3), (64, 32), (70, 2), (70, 32), (65, 8), (5, 8)])
+def test_matches_per_group_reference_loop(n, groups):
+    """Equal groups (96 = 3 x 32; the short last batch 64 = 32 x 2), and batches the number of groups
+    does not divide, split as torch.tensor_split (70 in 32 groups: 6 of 3, then 26 of 2; 5 in 8: one
+    group per sample): outputs, gradients, running stats (group statistics weighted by group size)."""
     torch.manual_seed(n)
-    g, _ = _pair(5, vbs, momentum=0.3)
+    g, _ = _pair(5, groups, momentum=0.3)
     x = (torch.randn(n, 5, 4, 4, dtype=torch.float64) * 2 - 1).requires_grad_(True)
     xr = x.detach().clone().requires_grad_(True)
     w, bias = g.weight.detach().clone().requires_grad_(True), g.bias.detach().clone().requires_grad_(True)
     y = g(x)
-    yr, mean, uvar = _reference_ghost(xr, vbs, w, bias)
+    yr, mean, uvar = _reference_ghost(xr, groups, w, bias)
     torch.testing.assert_close(y, yr, rtol=1e-10, atol=1e-10)
     up = torch.randn_like(y)
     (y * up).sum().backward()
@@ -117,7 +120,7 @@ def test_matches_per_group_reference_loop(n, vbs):
 
 def test_running_stats_with_equal_groups_are_the_plain_mean_over_groups():
     torch.manual_seed(3)
-    g, _ = _pair(3, 4, momentum=1.0)  # momentum 1: running stats = this batch's statistic
+    g, _ = _pair(3, 3, momentum=1.0)  # momentum 1: running stats = this batch's statistic
     x = torch.randn(12, 3, 2, 2, dtype=torch.float64) + torch.arange(12.0, dtype=torch.float64).view(12, 1, 1, 1)
     g(x)
     groups = x.view(3, 4, 3, 2, 2)
@@ -127,9 +130,51 @@ def test_running_stats_with_equal_groups_are_the_plain_mean_over_groups():
     assert not torch.allclose(g.running_var, x.var(dim=(0, 2, 3)))
 
 
+def test_short_last_batch_keeps_the_number_of_groups():
+    """bs 1024 (32 groups of 32): CIFAR-10's last batch of 64 images (40000 mod 1024) is cut into 32
+    groups of 2, each pair normalised with its own statistics, as the authors' code did."""
+    torch.manual_seed(5)
+    g, _ = _pair(3, 1024 // 32)
+    x = torch.randn(64, 3, 4, 4, dtype=torch.float64) * 3 + torch.arange(64.0, dtype=torch.float64).view(64, 1, 1, 1)
+    y = g(x)
+    for k in range(32):
+        pair = x[2 * k : 2 * k + 2]
+        expect = F.batch_norm(pair, None, None, g.weight, g.bias, True, 0.0, g.eps)
+        torch.testing.assert_close(y[2 * k : 2 * k + 2], expect, rtol=1e-10, atol=1e-10)
+    pairs = y.view(32, 2, 3, 4, 4)  # per pair and channel: mean = bias, biased std = weight
+    torch.testing.assert_close(pairs.mean(dim=(1, 3, 4)), g.bias.detach().expand(32, 3), atol=1e-9, rtol=0)
+    torch.testing.assert_close(pairs.var(dim=(1, 3, 4), unbiased=False).sqrt(), g.weight.detach().expand(32, 3),
+                               atol=1e-4, rtol=1e-4)
+    # a full batch of 1024 is cut into groups of 32
+    big = torch.randn(1024, 3, 2, 2, dtype=torch.float64) + torch.arange(1024.0, dtype=torch.float64).view(-1, 1, 1, 1)
+    torch.testing.assert_close(g(big)[32:64], F.batch_norm(big[32:64], None, None, g.weight, g.bias, True, 0.0, g.eps))
+
+
+def test_running_stats_update_rule_on_a_short_batch():
+    """running = (1 - momentum) * running + momentum * (mean over the groups of each group's mean /
+    unbiased variance); momentum 0.99 (the authors' code): the last batch dominates."""
+    torch.manual_seed(6)
+    g, _ = _pair(3, 32, momentum=0.99)
+    x = torch.randn(64, 3, 4, 4, dtype=torch.float64) * 2 + torch.arange(64.0, dtype=torch.float64).view(64, 1, 1, 1)
+    g(x)
+    pairs = x.view(32, 2, 3, 4, 4)
+    means = pairs.mean(dim=(1, 3, 4))  # (32, 3)
+    uvars = pairs.transpose(1, 2).reshape(32, 3, -1).var(dim=2, unbiased=True)  # m = 2 * 4 * 4 values per group
+    torch.testing.assert_close(g.running_mean, 0.01 * 0.0 + 0.99 * means.mean(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g.running_var, 0.01 * 1.0 + 0.99 * uvars.mean(0), rtol=1e-12, atol=1e-12)
+    before_mean, before_var = g.running_mean.clone(), g.running_var.clone()
+    x2 = torch.randn(1024, 3, 4, 4, dtype=torch.float64)
+    g(x2)  # a full batch: 32 groups of 32
+    groups = x2.view(32, 32, 3, 4, 4)
+    torch.testing.assert_close(g.running_mean, 0.01 * before_mean + 0.99 * groups.mean(dim=(1, 3, 4)).mean(0))
+    torch.testing.assert_close(
+        g.running_var, 0.01 * before_var + 0.99 * groups.transpose(1, 2).reshape(32, 3, -1).var(dim=2).mean(0))
+    assert int(g.num_batches_tracked) == 2
+
+
 def test_eval_uses_running_statistics():
     torch.manual_seed(0)
-    g, _ = _pair(4, 8)
+    g, _ = _pair(4, 4)
     for _ in range(5):
         g(torch.randn(32, 4, 3, 3, dtype=torch.float64) * 2 + 3)
     g.eval()
@@ -146,9 +191,9 @@ def test_eval_uses_running_statistics():
 
 def test_channels_last_gives_the_same_result():
     torch.manual_seed(0)
-    g1, _ = _pair(8, 16, dtype=torch.float32)
-    g2, _ = _pair(8, 16, dtype=torch.float32)
-    x = torch.randn(40, 8, 6, 6)  # 16 + 16 + 8
+    g1, _ = _pair(8, 3, dtype=torch.float32)
+    g2, _ = _pair(8, 3, dtype=torch.float32)
+    x = torch.randn(40, 8, 6, 6)  # 14 + 13 + 13
     x1 = x.clone().requires_grad_(True)
     x2 = x.clone().to(memory_format=torch.channels_last).requires_grad_(True)
     y1, y2 = g1(x1), g2(x2)
@@ -176,22 +221,23 @@ def _autograd_nodes(t: torch.Tensor) -> int:
 
 def test_forward_is_vectorised_over_groups():
     """The autograd graph does not grow with the number of groups (a Python loop would add
-    several nodes per group). With a remainder group: one extra, constant-size branch."""
-    g = GhostBatchNorm2d(4, 2)
+    several nodes per group). Groups of two sizes (a batch the groups do not divide): one extra,
+    constant-size branch."""
     counts = {}
-    for n in (4, 128, 5, 129):  # 2 / 64 full groups, without and with a remainder
-        x = torch.randn(n, 4, 2, 2, requires_grad=True)
-        counts[n] = _autograd_nodes(g(x).sum())
-    assert counts[4] == counts[128]
-    assert counts[5] == counts[129]
-    assert counts[5] < 2 * counts[4] + 4
+    for groups in (2, 64):
+        for n in (128, 129):  # equal groups; then one or three larger groups first
+            x = torch.randn(n, 4, 2, 2, requires_grad=True)
+            counts[groups, n] = _autograd_nodes(GhostBatchNorm2d(4, groups)(x).sum())
+    assert counts[2, 128] == counts[64, 128]
+    assert counts[2, 129] == counts[64, 129]
+    assert counts[2, 129] < 2 * counts[2, 128] + 4
 
 
 def test_bf16_autocast_keeps_statistics_in_float32():
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 8, 3, padding=1)
-    g = GhostBatchNorm2d(8, 4)
-    ref = GhostBatchNorm2d(8, 4)
+    g = GhostBatchNorm2d(8, 3)
+    ref = GhostBatchNorm2d(8, 3)
     x = torch.randn(12, 3, 8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         h = conv(x)
@@ -218,7 +264,7 @@ def _count(module: nn.Module) -> int:
 @pytest.mark.parametrize("norm", ["none", "batch", "ghost"])
 def test_vgg13_shapes_and_layers(norm):
     torch.manual_seed(0)
-    model = vgg13(norm=norm, width_mult=0.125, virtual_batch_size=4)
+    model = vgg13(norm=norm, width_mult=0.125, ghost_groups=3)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, GhostBatchNorm2d))]
     assert len(convs) == 10
@@ -226,12 +272,12 @@ def test_vgg13_shapes_and_layers(norm):
     assert len(norms) == (0 if norm == "none" else 10)
     assert all((c.bias is not None) == (norm == "none") for c in convs)
     if norm == "ghost":
-        assert all(isinstance(m, GhostBatchNorm2d) and m.virtual_batch_size == 4 for m in norms)
+        assert all(isinstance(m, GhostBatchNorm2d) and m.num_groups == 3 for m in norms)
     if norm == "batch":
         assert all(type(m) is nn.BatchNorm2d for m in norms)
     assert len([m for m in model.modules() if isinstance(m, nn.MaxPool2d)]) == 5
     model.train()
-    assert model(torch.randn(10, 3, 32, 32)).shape == (10, 10)  # ghost: groups 4, 4, 2
+    assert model(torch.randn(10, 3, 32, 32)).shape == (10, 10)  # ghost: groups 4, 3, 3
     model.eval()
     assert model(torch.randn(3, 3, 32, 32)).shape == (3, 10)
     lin = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -239,7 +285,7 @@ def test_vgg13_shapes_and_layers(norm):
 
 
 def test_vgg13_grayscale_and_classes_and_channels_last():
-    model = vgg13(num_classes=100, in_channels=1, width_mult=0.25, norm="ghost", virtual_batch_size=2)
+    model = vgg13(num_classes=100, in_channels=1, width_mult=0.25, norm="ghost", ghost_groups=2)
     x = torch.randn(4, 1, 32, 32).to(memory_format=torch.channels_last)
     assert model(x).shape == (4, 100)
     assert [m for m in model.modules() if isinstance(m, nn.Conv2d)][0].in_channels == 1
@@ -265,6 +311,21 @@ def test_vgg13_exact_parameter_count():
         assert _count(vgg13(norm=norm)) == 9_672_778 - 2944 + 2 * 2944 == 9_675_722
 
 
+def test_initialisation_as_the_authors_code():
+    """Linear layers normal(0, 0.01) with zero bias; convolutions Kaiming normal (fan_out, ReLU)."""
+    torch.manual_seed(0)
+    model = vgg13(norm="none")
+    hidden, last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert hidden.weight.shape == (512, 512)  # 262,144 draws: the sample std is within 1% of 0.01
+    assert abs(hidden.weight.std().item() - 0.01) < 1e-4 and abs(hidden.weight.mean().item()) < 1e-4
+    assert abs(last.weight.std().item() - 0.01) < 5e-4  # 5,120 draws
+    assert torch.equal(hidden.bias, torch.zeros(512)) and torch.equal(last.bias, torch.zeros(10))
+    conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][4]  # 128 -> 256
+    fan_out = conv.out_channels * 9
+    assert abs(conv.weight.std().item() - (2 / fan_out) ** 0.5) < 0.01 * (2 / fan_out) ** 0.5
+    assert torch.equal(conv.bias, torch.zeros(256))
+
+
 def test_unknown_norm_raises_naming_the_valid_ones():
     with pytest.raises(ValueError, match="layer.*valid: none, batch, ghost"):
         vgg13(norm="layer")
@@ -277,9 +338,12 @@ def test_build_model_from_run_config():
     cfg = RunConfig(norm="ghost", virtual_batch_size=16, batch_size=64, bn_momentum=0.99, width_mult=0.25, dropout=0.3)
     model = build_model(cfg, num_classes=7, in_channels=1)
     ghosts = [m for m in model.modules() if isinstance(m, GhostBatchNorm2d)]
-    assert len(ghosts) == 10 and all(m.virtual_batch_size == 16 and m.momentum == 0.99 for m in ghosts)
+    assert len(ghosts) == 10 and all(m.num_groups == 64 // 16 and m.momentum == 0.99 for m in ghosts)
     assert all(m.p == 0.3 for m in model.modules() if isinstance(m, nn.Dropout))
     assert [m for m in model.modules() if isinstance(m, nn.Conv2d)][0].out_channels == 16
     assert model(torch.randn(20, 1, 32, 32)).shape == (20, 7)
+    # the number of groups is fixed by the batch size: 32 at bs 1024 with virtual batches of 32
+    big = build_model(RunConfig(norm="ghost", batch_size=1024), 10, 3)
+    assert {m.num_groups for m in big.modules() if isinstance(m, GhostBatchNorm2d)} == {32}
     bn = build_model(RunConfig(norm="batch", bn_momentum=0.5), 10, 3)
     assert all(m.momentum == 0.5 for m in bn.modules() if isinstance(m, nn.BatchNorm2d))
