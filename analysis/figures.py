@@ -6,8 +6,9 @@ Writes PNGs (matplotlib, Agg):
   Figures 1-5);
 - ``test_acc_vs_batch_size.png``: test accuracy against batch size, one line per experiment, the
   paper's Table I values dashed beside;
-- ``factor_lr_vs_batch_size.png``: the best factor_lr per batch size found by the Optuna search (and
-  by exp5's grid) against eq. 2, f = 10 * sqrt(32 / bs); only when such runs exist.
+- ``factor_lr_vs_batch_size.png``: the best CyclicLR factor at each batch size (``scaled_factor_lr``, the
+  factor after eq. 2, a param of every run) found by the Optuna search (and by exp5's grid) against
+  eq. 2, f = 10 * sqrt(32 / bs); only when such runs exist.
 With several (dataset, recipe) in the store, every name gets a ``_<dataset>_<recipe>`` suffix.
 """
 
@@ -29,14 +30,16 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
 from bigbatch.config import OneLineArgumentParser  # noqa: E402
-from bigbatch.experiments import EXPERIMENTS, PAPER_TABLE, eq2_factor  # noqa: E402
+from bigbatch.experiments import PAPER_TABLE, TABLE_EXPERIMENTS, eq2_factor  # noqa: E402
+from bigbatch.schema import FINISHED, OPTUNA_EXPERIMENT, ROLE_SWEEP, default_tracking_uri  # noqa: E402
 
-from .runs import FINISHED, OPTUNA_EXPERIMENT, AnalysisError  # noqa: E402
-from .table import Table, _fmt_value, add_common_args, build_tables, cli, load_table_runs  # noqa: E402
+from .cli import add_common_args, load_selected_runs, run_cli  # noqa: E402
+from .runs import AnalysisError, load_history  # noqa: E402
+from .table import BEST_SUFFIX, Table, build_tables, fmt_setting  # noqa: E402
 
 CURVE_METRICS = ("val_acc", "val_loss")
 DPI = 110
-EXP_COLORS = dict(zip(EXPERIMENTS, plt.get_cmap("tab10").colors))
+EXP_COLORS = dict(zip(TABLE_EXPERIMENTS, plt.get_cmap("tab10").colors))
 
 
 def _suffix(table: Table, several: bool) -> str:
@@ -60,8 +63,8 @@ def _log2_axis(ax, values: Iterable[int]) -> None:
 
 
 def chosen_run_ids(tables: Sequence[Table]) -> list[str]:
-    """The runs the curves are drawn from: the chosen setting's runs of every cell."""
-    return [r for t in tables for c in t.cells.values() for r in c.run_ids]
+    """The runs the curves are drawn from: the chosen setting's runs of every cell of the paper's rows."""
+    return [r for t in tables for c in t.cells.values() if c.row in t.rows for r in c.run_ids]
 
 
 def plot_curves(table: Table, history: pd.DataFrame, experiment: str, path: Path,
@@ -87,9 +90,7 @@ def plot_curves(table: Table, history: pd.DataFrame, experiment: str, path: Path
         for b, c in cells.items():
             diverged = [r for r in c.run_ids if status.get(r) == "diverged"]
             ok = [r for r in c.run_ids if r not in diverged]
-            label = f"bs {b}"
-            if c.setting:
-                label += " (" + ", ".join(f"{k}={_fmt_value(v)}" for k, v in c.setting.items()) + ")"
+            label = f"bs {b}" + (" " + fmt_setting(c.setting) if c.setting else "")
             h = hist[(hist["metric"] == metric) & hist["run_id"].isin(ok)]
             if len(h):
                 wide = h.pivot_table(index="step", columns="run_id", values="value", aggfunc="last").sort_index()
@@ -141,8 +142,9 @@ def plot_curves(table: Table, history: pd.DataFrame, experiment: str, path: Path
 
 
 def plot_test_vs_batch(tables: Sequence[Table], path: Path) -> Path | None:
-    """Test accuracy against batch size, one line per experiment (and its paper line, dashed)."""
-    table_exps = [(t, e) for t in tables for e in t.rows if t.row_values(e)]
+    """Test accuracy against batch size, one line per row of Table I (and the paper's row, dashed); a
+    best-by-validation row (exp5-best) in its experiment's colour with diamonds."""
+    table_exps = [(t, e) for t in tables for e in t.all_rows if t.row_values(e)]
     if not table_exps:
         return None
     fig, ax = plt.subplots(figsize=(10, 7.0), dpi=DPI)
@@ -151,18 +153,20 @@ def plot_test_vs_batch(tables: Sequence[Table], path: Path) -> Path | None:
     several = len(tables) > 1
     styles = ["-", "-.", ":"]
     for ti, t in enumerate(tables):
-        for e in t.rows:
+        for e in t.all_rows:
             row = t.row_values(e)
             if not row:
                 continue
             bss = sorted(row)
             xs_all |= set(bss)
             ys += [row[b] for b in bss]
-            color = EXP_COLORS[e]
+            best_row = e.endswith(BEST_SUFFIX)
+            color = EXP_COLORS.get(e.removesuffix(BEST_SUFFIX), "0.4")
             label = t.labels[e] + (f" [{t.dataset}, {t.recipe}]" if several else "")
             stds = [t.cell(e, b).test_std or 0.0 for b in bss]
             ax.errorbar(bss, [row[b] for b in bss], yerr=stds if any(stds) else None, color=color,
-                        ls=styles[ti % len(styles)], marker="o", ms=5, lw=1.8, capsize=3, label=label)
+                        ls=styles[ti % len(styles)], marker="D" if best_row else "o", ms=5,
+                        mfc="white" if best_row else color, lw=1.1 if best_row else 1.8, capsize=3, label=label)
             if ti == 0:
                 paper = {b: v for b, v in PAPER_TABLE.get(e, {}).items() if v is not None}
                 if paper:
@@ -193,41 +197,51 @@ def factor_lr_runs(runs: pd.DataFrame, stopped: bool = False) -> pd.DataFrame:
         return runs
     statuses = FINISHED + (("stopped",) if stopped else ())
     keep = ((runs["mlflow_experiment"] == OPTUNA_EXPERIMENT) | (runs["search"] == "optuna")) \
-        & runs["status"].isin(statuses) & (runs["role"] != "sweep")
+        & runs["status"].isin(statuses) & (runs["role"] != ROLE_SWEEP)
     return runs[keep]
 
 
 def best_factor_lr(runs: pd.DataFrame) -> pd.DataFrame:
     """Per batch size, the finished Optuna trial with the best validation accuracy.
 
-    Columns: batch_size, factor_lr, best_val_acc, test_acc, n_trials (incl. stopped), n_stopped.
+    Columns: batch_size, scaled_factor_lr (its CyclicLR factor at that batch size, after eq. 2 when the
+    config scales it), best_val_acc, test_acc, n_trials (incl. stopped), n_stopped.
     """
+    cols = ["batch_size", "scaled_factor_lr", "best_val_acc", "test_acc", "n_trials", "n_stopped"]
     opt = factor_lr_runs(runs)
     if not len(opt):
-        return pd.DataFrame(columns=["batch_size", "factor_lr", "best_val_acc", "test_acc", "n_trials", "n_stopped"])
-    f = opt["scaled_factor_lr"].where(opt["scaled_factor_lr"].notna(), opt["factor_lr"])
-    opt = opt.assign(f=f, v=opt["best_val_acc"].fillna(0.0))
+        return pd.DataFrame(columns=cols)
+    best = opt.loc[opt.assign(v=opt["best_val_acc"].fillna(0.0)).groupby("batch_size")["v"].idxmax()]
     every = factor_lr_runs(runs, stopped=True)
-    rows = []
-    for bs, g in opt.groupby("batch_size"):
-        best = g.loc[g["v"].idxmax()]
-        n_stopped = int(((every["batch_size"] == bs) & (every["status"] == "stopped")).sum())
-        rows.append({"batch_size": int(bs), "factor_lr": float(best["f"]), "best_val_acc": best["best_val_acc"],
-                     "test_acc": best["test_acc"], "n_trials": len(g) + n_stopped, "n_stopped": n_stopped})
-    return pd.DataFrame(rows)
+    stopped = every[every["status"] == "stopped"].groupby("batch_size").size()
+    out = best.assign(batch_size=best["batch_size"].astype(int),
+                      n_stopped=best["batch_size"].map(stopped).fillna(0).astype(int),
+                      n_trials=best["batch_size"].map(opt.groupby("batch_size").size()).astype(int))
+    out["n_trials"] += out["n_stopped"]
+    return out[cols].reset_index(drop=True)
+
+
+def grid_choices(runs: pd.DataFrame, tables: Sequence[Table]) -> list[tuple[int, float]]:
+    """exp5's grid: per batch size, the scaled_factor_lr of the setting its best-by-validation row chose."""
+    scaled = dict(zip(runs["run_id"], runs["scaled_factor_lr"])) if len(runs) else {}
+    out = []
+    for c in (c for t in tables[:1] for c in t.cells.values() if c.row == "exp5" + BEST_SUFFIX):
+        vals = [scaled[r] for r in c.run_ids if r in scaled and pd.notna(scaled[r])]
+        if vals or "factor_lr" in c.setting:
+            out.append((c.batch_size, float(np.mean(vals)) if vals else float(c.setting["factor_lr"])))
+    return sorted(out)
 
 
 def plot_factor_lr(runs: pd.DataFrame, tables: Sequence[Table], path: Path) -> Path | None:
-    """The searched factor_lr per batch size against eq. 2; None when nothing searched factor_lr."""
+    """The best CyclicLR factor (scaled_factor_lr) per batch size against eq. 2; None when nothing searched it."""
     opt = factor_lr_runs(runs, stopped=True)
-    grid = [(c.batch_size, c.setting["factor_lr"], c.best_val_acc) for t in tables[:1]
-            for (e, b), c in t.cells.items() if e == "exp5" and "factor_lr" in c.setting]
+    grid = grid_choices(runs, tables)
     if not len(opt) and not grid:
         return None
     fig, ax = plt.subplots(figsize=(9, 5.6), dpi=DPI)
     xs = set()
     if len(opt):
-        f = opt["scaled_factor_lr"].where(opt["scaled_factor_lr"].notna(), opt["factor_lr"])
+        f = opt["scaled_factor_lr"]
         acc = opt["best_val_acc"].where(opt["best_val_acc"].notna(), opt["val_acc"]).astype(float)
         done = (opt["status"] != "stopped").to_numpy()
         norm = Normalize(vmin=float(np.nanmin(acc)), vmax=float(np.nanmax(acc)) + 1e-9)
@@ -239,14 +253,16 @@ def plot_factor_lr(runs: pd.DataFrame, tables: Sequence[Table], path: Path) -> P
         cb = fig.colorbar(sc, ax=ax, pad=0.02)
         cb.set_label("best validation accuracy (%)")
         best = best_factor_lr(runs)
-        ax.plot(best["batch_size"], best["factor_lr"], color="crimson", marker="*", ms=15, ls="-", lw=1.2,
-                label="Optuna: best factor_lr per batch size", zorder=4)
+        ax.plot(best["batch_size"], best["scaled_factor_lr"], color="crimson", marker="*", ms=15, ls="-", lw=1.2,
+                label="Optuna: best scaled_factor_lr per batch size", zorder=4)
         xs |= set(int(b) for b in opt["batch_size"].dropna())
     if grid:
-        gb = sorted(grid)
-        ax.plot([g[0] for g in gb], [g[1] for g in gb], color="darkorange", marker="D", ms=8, ls="none",
-                mfc="none", mew=2, label="exp5 grid {10, 5, 2}: best-validation factor_lr", zorder=3)
-        xs |= set(g[0] for g in gb)
+        tried = sorted({v for t in tables[:1] for c in t.cells.values() if c.row == "exp5" + BEST_SUFFIX
+                        for v in c.searched.get("factor_lr", [])}, reverse=True)
+        ax.plot([g[0] for g in grid], [g[1] for g in grid], color="darkorange", marker="D", ms=8, ls="none",
+                mfc="none", mew=2, zorder=3, label="exp5 grid {" + ", ".join(f"{v:g}" for v in tried)
+                + "}: best-validation scaled_factor_lr")
+        xs |= set(g[0] for g in grid)
     xs |= {32, 1024}
     bx = np.geomspace(min(xs), max(xs), 200)
     ax.plot(bx, [eq2_factor(b) for b in bx], color="black", ls="--", lw=1.4,
@@ -256,7 +272,7 @@ def plot_factor_lr(runs: pd.DataFrame, tables: Sequence[Table], path: Path) -> P
     ax.yaxis.set_major_locator(FixedLocator([0.5, 1, 1.5, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50]))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_locator(NullLocator())
-    ax.set_ylabel("factor_lr (CyclicLR bounds lr/f .. lr·f)")
+    ax.set_ylabel("scaled_factor_lr: CyclicLR factor f at the batch size\n(after eq. 2; bounds lr/f .. lr·f)")
     ax.set_xlabel("batch size")
     ax.set_title("Best CyclicLR factor per batch size vs eq. 2")
     ax.grid(True, which="both", alpha=0.25)
@@ -295,7 +311,9 @@ def write_figures(runs: pd.DataFrame, history: pd.DataFrame, out_dir: str | Path
     return written
 
 
-DESCRIPTION = "Write the paper's figures as PNGs from the MLflow runs: validation curves per experiment, test accuracy against batch size, factor_lr against eq. 2. See docs/analysis.md."
+DESCRIPTION = ("Write the paper's figures as PNGs from the MLflow runs: validation curves per experiment, test accuracy "
+               "against batch size, the CyclicLR factor at each batch size (scaled_factor_lr) against eq. 2. "
+               "See docs/analysis.md.")
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -305,10 +323,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = p.parse_args(list(argv) if argv is not None else None)
 
     def body():
-        from .runs import default_tracking_uri, load_history
-
         uri = args.tracking_uri or default_tracking_uri()
-        runs = load_table_runs(uri, args.dataset, args.recipe, args.sweep)
+        runs = load_selected_runs(uri, args.dataset, args.recipe, args.sweep)
         tables = build_tables(runs)
         if not tables and not len(factor_lr_runs(runs)):
             raise AnalysisError(f"no finished bigbatch trial runs in {uri} to draw")
@@ -316,7 +332,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         for path in write_figures(runs, history, args.out, tables):
             print(path)
 
-    return cli(body)
+    return run_cli(body)
 
 
 if __name__ == "__main__":

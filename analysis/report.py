@@ -4,6 +4,8 @@ Writes ``DIR/report.md``, ``DIR/report.html`` (the same content; figures linked 
 and ``DIR/figures/*.png``: Table I against the paper, the figures, the spread per experiment, which
 nuisance setting each cell chose, run counts, training time, and what is missing.
 
+The HTML is the Markdown rendered by Python-Markdown (its ``tables`` extension) in a small page.
+
 Python API: ``write_report(tracking_uri, out_dir) -> Path`` (the Markdown file).
 """
 
@@ -15,19 +17,47 @@ import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import html
+import markdown
 import pandas as pd
 
 from bigbatch.config import OneLineArgumentParser
-from bigbatch.experiments import EXPERIMENTS, PAPER_TABLE, load_experiment
+from bigbatch.experiments import PAPER_TABLE, TABLE_EXPERIMENTS, eq2_factor, load_experiment
+from bigbatch.schema import EXPERIMENT_PREFIX, ROLE_SWEEP, STATUSES, default_tracking_uri
 
 from . import figures as figs
-from .markdown import to_html
-from .runs import EXPERIMENT_PREFIX, STATUSES, default_tracking_uri, load_history
-from .table import (Table, _fmt_value, _num, add_common_args, build_tables, cli, load_table_runs,
-                    markdown_table, paper_gap, paper_spread, render_markdown, table_runs)
+from . import lr_grid
+from .cli import add_common_args, load_selected_runs, run_cli
+from .runs import load_history
+from .table import (Table, build_tables, fmt_num, fmt_value, markdown_table, paper_gap, paper_spread,
+                    render_markdown, table_runs)
 
 PAPER_SECONDS_PER_EPOCH_BS32 = 72 * 60 / 100  # the paper: 100 epochs at batch size 32 took 72 minutes
 PAPER_SETTING = {"epochs": 100, "train_subset": 0, "width_mult": 1.0, "val_size": 10000}
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1180px;
+       margin: 2em auto; padding: 0 1em; color: #1f2328; line-height: 1.5; }
+h1, h2, h3 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #d0d7de; padding: 4px 8px; }
+th { background: #f6f8fa; }
+tr:nth-child(even) td { background: #fbfbfc; }
+code { background: #f3f4f6; padding: 0 3px; border-radius: 3px; font-size: 0.92em; }
+img { max-width: 100%; border: 1px solid #eee; }
+"""
+
+
+def to_html(text: str, title: str) -> str:
+    """The report's Markdown as one HTML page (Python-Markdown with its tables extension)."""
+    body = markdown.markdown(text, extensions=["tables", "fenced_code"])
+    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}</title>\n"
+            f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def md_table(rows: list[list[str]], align: str | None = None) -> str:
+    """A Markdown table from a header and rows of text; ``align``: one letter per column, l or r."""
+    frame = pd.DataFrame(rows[1:], columns=rows[0])
+    return markdown_table(frame, [{"l": "left", "r": "right"}[a] for a in align] if align else None)
 
 
 def _hours(seconds: float) -> str:
@@ -52,7 +82,7 @@ def epoch_times(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
 
 
 def _setting_text(setting: dict) -> str:
-    return ", ".join(f"{k}={_fmt_value(v)}" for k, v in setting.items()) or "-"
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in setting.items()) or "-"
 
 
 def deviations(runs: pd.DataFrame) -> list[str]:
@@ -60,9 +90,9 @@ def deviations(runs: pd.DataFrame) -> list[str]:
     out = []
     for key, paper in PAPER_SETTING.items():
         if key in runs.columns:
-            vals = sorted({_fmt_value(v) for v in runs[key].dropna()})
-            if vals and vals != [_fmt_value(paper)]:
-                out.append(f"`{key}` = {', '.join(vals)} (the paper: {_fmt_value(paper)})")
+            vals = sorted({fmt_value(v) for v in runs[key].dropna()})
+            if vals and vals != [fmt_value(paper)]:
+                out.append(f"`{key}` = {', '.join(vals)} (the paper: {fmt_value(paper)})")
     ds = sorted(set(runs["dataset"].dropna()))
     if ds and ds != ["cifar10"]:
         out.append(f"dataset = {', '.join(ds)} (the paper: cifar10)")
@@ -77,7 +107,7 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
     """The report as Markdown (pure: every input is given)."""
     md: list[str] = []
     add = md.append
-    trials = runs[runs["role"] != "sweep"]
+    trials = runs[runs["role"] != ROLE_SWEEP]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     add("# bigbatch: Table I rebuilt from the runs\n")
     add("Reproduction of _Experimental Analysis of Training Deep Networks with Very Large SGD Mini-Batches_ "
@@ -102,8 +132,11 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
     # ---- Table I
     add("## Table I: test accuracy (%)\n")
     add("Each cell: the test accuracy of the run with the best **validation** accuracy for that experiment and "
-        "batch size, chosen over the nuisance settings tried (e.g. factor_lr in exp5); with several seeds, the "
-        "setting with the best mean validation accuracy, its mean ± std test accuracy.\n")
+        "batch size, chosen over the nuisance settings tried; with several seeds, the setting with the best mean "
+        "validation accuracy, its mean ± std test accuracy. The paper's rows use the paper's own setting (exp5: "
+        "f = 10 at every batch size, as its Table I); a row '..., best f by validation' chooses among every "
+        "factor_lr tried and is compared with the paper only where the paper tried several (bs 1024). A diverged "
+        "run counts with the best model it saw before diverging (marked †).\n")
     for t in tables:
         if len(tables) > 1:
             add(f"### {t.title}\n")
@@ -118,11 +151,13 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
         if len(tables) > 1:
             add(f"### {t.title}\n")
         rows = [["experiment", "batch sizes with runs", "spread", "paper spread", "gap", "paper gap"]]
-        for e in t.rows:
+        for e in t.all_rows:
             have = sorted(t.row_values(e))
-            rows.append([f"{t.labels[e]} ({e})", ", ".join(map(str, have)) or "-", _num(t.spread(e)),
-                         _num(paper_spread(e)), _num(t.gap(e)), _num(paper_gap(e))])
-        add(markdown_table(rows, ["l", "l", "r", "r", "r", "r"]) + "\n")
+            paper_row = e in t.rows
+            rows.append([f"{t.labels[e]} ({e})", ", ".join(map(str, have)) or "-", fmt_num(t.spread(e)),
+                         fmt_num(paper_spread(e) if paper_row else None), fmt_num(t.gap(e)),
+                         fmt_num(paper_gap(e) if paper_row else None)])
+        add(md_table(rows, "llrrrr") + "\n")
 
     # ---- figures
     if fig_paths:
@@ -139,36 +174,45 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
                 "band: min..max; diverged runs dotted).\n")
             for p in curves:
                 exp = p.stem.split("_")[1]
-                label = load_experiment(exp).label if exp in EXPERIMENTS else exp
+                label = load_experiment(exp).label if exp in TABLE_EXPERIMENTS else exp
                 add(f"![{label}]({rel[p.name]})\n")
         if "factor_lr_vs_batch_size.png" in rel:
-            add("### factor_lr against eq. 2\n")
+            add("### CyclicLR factor against eq. 2\n")
+            add("scaled_factor_lr: the factor f at the run's batch size (after eq. 2 where the config scales it; "
+                "bounds lr/f .. lr·f), for the Optuna trials and exp5's grid choice.\n")
             add(f"![factor_lr vs batch size]({rel['factor_lr_vs_batch_size.png']})\n")
 
     # ---- chosen settings
-    chosen = [(t, c) for t in tables for c in sorted(t.cells.values(), key=lambda c: (t.rows.index(c.experiment),
+    chosen = [(t, c) for t in tables for c in sorted(t.cells.values(), key=lambda c: (t.all_rows.index(c.row),
                                                                                         c.batch_size))
               if c.searched]
     if chosen:
         add("## Settings chosen by validation accuracy\n")
         rows = [["experiment", "batch size", "chosen", "searched", "seeds", "best val. acc.", "test acc."]]
         for t, c in chosen:
-            searched = "; ".join(f"{k}: {', '.join(_fmt_value(v) for v in vs)}" for k, vs in c.searched.items())
-            rows.append([c.experiment + (f" [{t.dataset}, {t.recipe}]" if len(tables) > 1 else ""),
+            searched = "; ".join(f"{k}: {', '.join(fmt_value(v) for v in vs)}" for k, vs in c.searched.items())
+            rows.append([c.row + (f" [{t.dataset}, {t.recipe}]" if len(tables) > 1 else ""),
                          str(c.batch_size), _setting_text(c.setting) + (" (edge)" if c.edge else ""), searched,
-                         str(c.n_seeds), _num(c.best_val_acc), _num(c.test_acc)])
-        add(markdown_table(rows, ["l", "r", "l", "l", "r", "r", "r"]) + "\n")
+                         str(c.n_seeds), fmt_num(c.best_val_acc), fmt_num(c.test_acc)])
+        add(md_table(rows, "lrllrrr") + "\n")
 
     best = figs.best_factor_lr(runs)
     if len(best):
-        add("## Optuna search over factor_lr\n")
+        add("## Optuna search over the CyclicLR factor\n")
         add("Per batch size, the finished trial with the best validation accuracy (trials stopped early by ASHA "
             "are counted, not chosen), beside eq. 2's f = 10 * sqrt(32 / bs).\n")
-        rows = [["batch size", "trials (stopped)", "best factor_lr", "eq. 2", "best val. acc.", "its test acc."]]
+        rows = [["batch size", "trials (stopped)", "best scaled_factor_lr", "eq. 2", "best val. acc.", "its test acc."]]
         for r in best.itertuples():
-            rows.append([str(r.batch_size), f"{r.n_trials} ({r.n_stopped})", f"{r.factor_lr:.3g}", f"{figs.eq2_factor(r.batch_size):.3g}",
-                         _num(r.best_val_acc), _num(r.test_acc)])
-        add(markdown_table(rows) + "\n")
+            rows.append([str(r.batch_size), f"{r.n_trials} ({r.n_stopped})", f"{r.scaled_factor_lr:.3g}",
+                         f"{eq2_factor(r.batch_size):.3g}", fmt_num(r.best_val_acc), fmt_num(r.test_acc)])
+        add(md_table(rows) + "\n")
+
+    grid = lr_grid.summarize(runs)
+    if len(grid):
+        add("## Learning-rate grid (the paper's choice of lr)\n")
+        add(f"The paper chose lr {lr_grid.PAPER_LR:g} by a grid search on the baseline at batch size 32 "
+            "(`python -m sweeps.lr_grid`); per lr, the mean over its finished runs. Not a Table I row.\n")
+        add(lr_grid.render_markdown(grid))
 
     # ---- run counts
     add("## Run counts\n")
@@ -180,7 +224,7 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
         rows.append([name, str(len(g))] + [str(int(counts.get(s, 0))) for s in statuses])
     counts = trials["status"].value_counts()
     rows.append(["**all**", f"**{len(trials)}**"] + [f"**{int(counts.get(s, 0))}**" for s in statuses])
-    add(markdown_table(rows) + "\n")
+    add(md_table(rows) + "\n")
 
     # ---- time
     times = epoch_times(trials, history)
@@ -197,13 +241,13 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
         per = g.groupby("batch_size")["seconds_per_epoch"].mean()
         rows.append([name, _hours(float(g["train_seconds"].fillna(0).sum())),
                      *[(f"{per[b]:.2f}" if b in per.index and math.isfinite(per[b]) else "-") for b in bss]])
-    add(markdown_table(rows) + "\n")
+    add(md_table(rows) + "\n")
 
     # ---- missing
     add("## What is missing\n")
     missing = []
     present = set(table_runs(runs)["experiment"])
-    absent = [e for e in EXPERIMENTS if e not in present]
+    absent = [e for e in TABLE_EXPERIMENTS if e not in present]
     if absent:
         missing.append("experiments with no runs: " + ", ".join(f"{e} ({load_experiment(e).label})" for e in absent))
     for t in tables:
@@ -218,7 +262,7 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
         for w in t.warnings():
             if "none finished" in w:
                 missing.append(w + tag)
-    notp = [e for e in EXPERIMENTS if PAPER_TABLE[e].get(1024) is None]
+    notp = [e for e in TABLE_EXPERIMENTS if PAPER_TABLE[e].get(1024) is None]
     bad = trials[trials["status"].isin(("failed", "running"))]
     for r in bad.itertuples():
         state = "failed" if r.status == "failed" else "is still running (or its process died)"
@@ -238,9 +282,9 @@ def write_report(tracking_uri: str | None = None, out_dir: str | Path = "report"
     Raises AnalysisError (nothing written) when the store is unreachable or holds no bigbatch runs.
     """
     uri = tracking_uri or default_tracking_uri()
-    runs = load_table_runs(uri, dataset, recipe, sweeps)
+    runs = load_selected_runs(uri, dataset, recipe, sweeps)
     tables = build_tables(runs)
-    trial_ids = runs.loc[runs["role"] != "sweep", "run_id"].tolist()
+    trial_ids = runs.loc[runs["role"] != ROLE_SWEEP, "run_id"].tolist()
     curve_ids = set(figs.chosen_run_ids(tables))
     history = load_history(uri, trial_ids, ("epoch_seconds",))
     curves = load_history(uri, [r for r in trial_ids if r in curve_ids], figs.CURVE_METRICS)
@@ -254,7 +298,9 @@ def write_report(tracking_uri: str | None = None, out_dir: str | Path = "report"
     return md_path
 
 
-DESCRIPTION = 'Write a Markdown and an HTML report from the MLflow runs: Table I against the paper, figures, spread, chosen settings, run counts, training time, what is missing. See docs/analysis.md.'
+DESCRIPTION = ("Write a Markdown and an HTML report from the MLflow runs: Table I against the paper, figures, spread, "
+               "chosen settings, the Optuna search and the lr grid, run counts, training time, what is missing. "
+               "See docs/analysis.md.")
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -268,7 +314,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(path)
         print(path.with_suffix(".html"))
 
-    return cli(body)
+    return run_cli(body)
 
 
 if __name__ == "__main__":

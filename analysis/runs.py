@@ -1,9 +1,10 @@
-"""MLflow -> pandas: the only module of ``analysis`` that touches MLflow.
+"""MLflow -> pandas: the only module of ``analysis`` that reads MLflow.
 
-``load_runs`` reads every trial run of the MLflow experiments named ``bigbatch-*`` (the schema is in
-docs/architecture.md) into one tidy DataFrame, one row per run, with the params cast back from
-MLflow's strings to the RunConfig types. ``load_history`` reads per-epoch metrics as a long
-DataFrame. Everything else in ``analysis`` works on these two DataFrames.
+``load_runs`` reads every trial run of the MLflow experiments named ``bigbatch-*`` with
+``mlflow.search_runs`` into one tidy DataFrame, one row per run: the ``tags.bigbatch.*`` columns
+renamed (see ``TAG_COLUMNS``), the ``params.*`` strings cast back to their RunConfig types, the summary
+metrics as floats. ``load_history`` reads per-epoch metrics as a long DataFrame. Everything else in
+``analysis`` works on these two DataFrames. Every MLflow name comes from ``bigbatch.schema``.
 
     runs = load_runs("sqlite:////abs/mlflow.db", experiments=["exp5"], recipe="text")
     hist = load_history("sqlite:////abs/mlflow.db", runs.run_id, metrics=("val_acc", "val_loss"))
@@ -11,11 +12,10 @@ DataFrame. Everything else in ``analysis`` works on these two DataFrames.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import math
 import os
-import re
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, get_origin, get_type_hints
@@ -24,41 +24,43 @@ import pandas as pd
 
 from bigbatch.config import RunConfig
 from bigbatch.experiments import EXPERIMENTS, load_experiment
-
-EXPERIMENT_PREFIX = "bigbatch-"  # MLflow experiment names: bigbatch-exp1 .. bigbatch-exp6
-OPTUNA_EXPERIMENT = "bigbatch-optuna-factor-lr"  # the Optuna search over factor_lr
-TAG = "bigbatch."  # prefix of every bigbatch tag
-STATUSES = ("completed", "diverged", "stopped", "failed", "running")  # stopped: early-stopped by ASHA (Optuna)
-FINISHED = ("completed", "diverged")  # runs that carry final metrics (test_acc of the best-val model)
-SUMMARY_METRICS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "train_seconds")
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "momentum", "epoch_seconds",
-                 "images_per_second")
-DERIVED_PARAMS = {"scaled_lr": float, "total_epochs": int, "scaled_factor_lr": float}
+from bigbatch.schema import (DERIVED_PARAMS, EXPERIMENT_PREFIX, PARENT_RUN_TAG, ROLE_SWEEP, ROLE_TRIAL,
+                             SUMMARY_METRICS, TAG_DATASET, TAG_DEVICE, TAG_DIVERGED_EPOCH, TAG_EXPERIMENT,
+                             TAG_GIT_COMMIT, TAG_PAPER_ROW, TAG_RAY_VERSION, TAG_RECIPE, TAG_ROLE, TAG_SEARCH,
+                             TAG_SMOKE_TEST, TAG_STATUS, TAG_SWEEP, TAG_TORCH_VERSION, TAG_TRIAL_ID,
+                             default_tracking_uri, mlflow_experiment)
 
 # The leading columns of load_runs' DataFrame, in this order; every other param follows, sorted.
 COLUMNS = (
     "experiment", "paper_row", "batch_size", "recipe", "dataset", "seed", "factor_lr", "scaled_factor_lr",
-    "scaled_lr", "total_epochs", "status", "best_val_acc", "best_epoch", "test_acc", "test_loss",
+    "scaled_lr", "total_epochs", "status", "diverged_epoch", "best_val_acc", "best_epoch", "test_acc", "test_loss",
     "train_seconds", "epoch_seconds", "val_acc", "run_id", "run_name", "mlflow_experiment", "sweep", "search",
     "role", "trial_id", "parent_run_id", "smoke_test", "mlflow_status", "start_time", "end_time",
+    "git_commit", "run_device", "torch_version", "ray_version",
 )
-# tag -> column (the tag ``bigbatch.device`` is the device the run used; the param ``device`` is the request)
-EXTRA_TAGS = {"git_commit": "git_commit", "device": "run_device", "torch_version": "torch_version",
-              "ray_version": "ray_version"}
+# tag -> column. bigbatch.device is the device the run used (the param ``device`` is the request).
+TAG_COLUMNS = {
+    TAG_EXPERIMENT: "experiment", TAG_PAPER_ROW: "paper_row", TAG_RECIPE: "recipe", TAG_DATASET: "dataset",
+    TAG_STATUS: "status", TAG_DIVERGED_EPOCH: "diverged_epoch", TAG_SWEEP: "sweep", TAG_SEARCH: "search",
+    TAG_ROLE: "role", TAG_TRIAL_ID: "trial_id", PARENT_RUN_TAG: "parent_run_id", TAG_SMOKE_TEST: "smoke_test",
+    TAG_GIT_COMMIT: "git_commit", TAG_DEVICE: "run_device", TAG_TORCH_VERSION: "torch_version",
+    TAG_RAY_VERSION: "ray_version", "mlflow.runName": "run_name",
+}
+# Metrics kept as columns: the summary, and the last logged epoch's val_acc and epoch_seconds.
+METRIC_COLUMNS = (*SUMMARY_METRICS, "epoch_seconds", "val_acc")
+# MLflow's run status -> bigbatch.status, for a run without the tag.
+_MLFLOW_STATUS = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "failed", "RUNNING": "running",
+                  "SCHEDULED": "running"}
+
+# Every param's type: the RunConfig fields (lists as tuples) and the derived params of bigbatch.schema.
+PARAM_TYPES: dict[str, Any] = {
+    **{k: (tuple if get_origin(v) is tuple else v) for k, v in get_type_hints(RunConfig).items()},
+    **DERIVED_PARAMS,
+}
 
 
 class AnalysisError(Exception):
     """Bad input to the analysis (unreachable store, no runs, unknown filter). One line, for a user."""
-
-
-def default_tracking_uri() -> str:
-    """The tracking URI used when none is given: ``sqlite:///<abs cwd>/mlflow.db`` (as the sweeps)."""
-    try:  # one default for the whole project: the sweeps' (light module: no ray, no mlflow at import)
-        from sweeps.tracking import default_tracking_uri as sweeps_default
-
-        return sweeps_default()
-    except Exception:  # noqa: BLE001 - sweeps absent
-        return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -96,110 +98,71 @@ def check_tracking_uri(uri: str) -> str:
     return uri
 
 
-def _quiet_mlflow() -> None:
-    for name in ("mlflow", "alembic", "sqlalchemy"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # an unreachable server should fail in seconds, not after minutes of retries
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-
-
-def _client(uri: str):
-    _quiet_mlflow()
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """An exception as one short line (the first line of its message)."""
     text = str(e).strip().splitlines()
     msg = text[0] if text else type(e).__name__
     return msg if len(msg) < 300 else msg[:297] + "..."
 
 
+@contextlib.contextmanager
+def _mlflow(uri: str):
+    """``mlflow`` pointed at ``uri`` (restored after), quiet, failing fast on an unreachable server."""
+    for name in ("mlflow", "alembic", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield mlflow
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 # ---------------------------------------------------------------------------------------- casting
-_HINTS = get_type_hints(RunConfig)
-PARAM_TYPES: dict[str, Any] = {
-    **{k: (tuple if get_origin(v) is tuple else v) for k, v in _HINTS.items()},
-    **DERIVED_PARAMS,
-}
+def _to_bool(s: pd.Series) -> pd.Series:
+    out = s.astype("string").str.strip().str.lower().map({"true": True, "1": True, "yes": True, "false": False,
+                                                         "0": False, "no": False})
+    return out.astype(bool) if out.notna().all() else out.astype("boolean")
 
 
-def _to_bool(v: str) -> bool | None:
-    s = v.strip().lower()
-    if s in ("true", "1", "yes"):
-        return True
-    if s in ("false", "0", "no"):
-        return False
+def _to_tuple(v: Any) -> tuple | None:
+    if not isinstance(v, str):
+        return None
+    for text in (v, v.replace("(", "[").replace(")", "]")):  # JSON list, or the repr of a tuple
+        try:
+            x = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        return tuple(x) if isinstance(x, list) else (x,)
     return None
 
 
-def _to_int(v: str) -> int | None:
-    try:
-        return int(v)
-    except ValueError:
-        try:
-            f = float(v)
-        except ValueError:
-            return None
-        return int(f) if math.isfinite(f) and f == int(f) else None
+def cast_param(key: str, values: pd.Series) -> pd.Series:
+    """A column of MLflow param strings -> its RunConfig type (int, float, bool, tuple, str).
 
-
-def _to_float(v: str) -> float | None:
-    try:
-        return float(v)
-    except ValueError:
-        return None
-
-
-def _to_tuple(v: str) -> tuple | None:
-    try:
-        x = json.loads(v)
-    except json.JSONDecodeError:
-        try:  # Python repr of a tuple, e.g. "(30, 60, 90)"
-            x = json.loads(v.replace("(", "[").replace(")", "]"))
-        except json.JSONDecodeError:
-            return None
-    return tuple(x) if isinstance(x, list) else (x,)
-
-
-def _guess(v: str) -> Any:
-    s = v.strip()
-    if re.fullmatch(r"[+-]?\d+", s):
-        return int(s)
-    f = _to_float(s)
-    if f is not None:
-        return f
-    b = _to_bool(s)
-    return v if b is None else b
-
-
-def cast_param(key: str, value: str | None) -> Any:
-    """One MLflow param string -> its RunConfig type (int, float, bool, tuple, str); None if missing."""
-    if value is None:
-        return None
+    A param of no known type becomes numeric when every value is a number, else stays text.
+    """
     kind = PARAM_TYPES.get(key)
     if kind is bool:
-        return _to_bool(value)
-    if kind is int:
-        return _to_int(value)
-    if kind is float:
-        return _to_float(value)
+        return _to_bool(values)
     if kind is tuple:
-        return _to_tuple(value)
+        return values.map(_to_tuple).astype(object)
     if kind is str:
-        return value
-    return _guess(value)
-
-
-def _series(values: list[Any], kind: Any) -> pd.Series:
+        return values.astype(object).where(values.notna(), None)
+    nums = pd.to_numeric(values, errors="coerce")
+    if kind is None:
+        if not nums.notna().any() or nums.notna().sum() < values.notna().sum():
+            return values.astype(object).where(values.notna(), None)
+        whole = (nums.dropna() % 1 == 0).all() and not values.dropna().astype(str).str.contains(r"[.eE]").any()
+        kind = int if whole else float
     if kind is int:
-        return pd.Series(values, dtype="Int64") if any(v is None for v in values) else pd.Series(values, dtype="int64")
-    if kind is float:
-        return pd.Series([math.nan if v is None else v for v in values], dtype="float64")
-    if kind is bool:
-        return pd.Series(values, dtype="boolean") if any(v is None for v in values) else pd.Series(values, dtype=bool)
-    return pd.Series(values, dtype=object)
+        ints = nums.where(nums % 1 == 0).astype("Int64")
+        return ints.astype("int64") if ints.notna().all() else ints
+    return nums.astype("float64")
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -207,27 +170,15 @@ def list_experiments(tracking_uri: str | None = None) -> dict[str, str]:
     """MLflow experiment name -> id, for every experiment named ``bigbatch-*``."""
     uri = check_tracking_uri(tracking_uri or default_tracking_uri())
     try:
-        client = _client(uri)
-        out, token = {}, None
-        while True:
-            page = client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'",
-                                             max_results=1000, page_token=token)
-            out.update({e.name: e.experiment_id for e in page})
-            token = page.token
-            if not token:
-                return out
-    except AnalysisError:
-        raise
+        with _mlflow(uri) as mlflow:
+            return {e.name: e.experiment_id
+                    for e in mlflow.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")}
     except Exception as e:  # noqa: BLE001 - any store failure is a one-line user error
-        msg = _one_line(e)
+        msg = one_line(e)
         if uri.startswith(("http://", "https://")) and ("Max retries" in msg or "onnection" in msg):
             raise AnalysisError(f"MLflow tracking server {uri} is unreachable (start it with `mlflow server`, "
                                 "or pass --tracking-uri)") from None
         raise AnalysisError(f"cannot read MLflow tracking URI {uri}: {msg}") from None
-
-
-def _mlflow_name(experiment: str) -> str:
-    return experiment if experiment.startswith(EXPERIMENT_PREFIX) else EXPERIMENT_PREFIX + experiment
 
 
 def load_runs(
@@ -246,113 +197,74 @@ def load_runs(
     uri = check_tracking_uri(tracking_uri or default_tracking_uri())
     names = list_experiments(uri)
     if experiments is not None:
-        wanted = {_mlflow_name(e) for e in experiments}
+        wanted = {mlflow_experiment(e) for e in experiments}
         names = {n: i for n, i in names.items() if n in wanted}
-    records: list[dict[str, Any]] = []
+    raw = pd.DataFrame()
     if names:
-        id_to_name = {i: n for n, i in names.items()}
         try:
-            client = _client(uri)
-            token = None
-            while True:
-                page = client.search_runs(list(id_to_name), max_results=10000, page_token=token)
-                records.extend(_record(r, id_to_name) for r in page)
-                token = page.token
-                if not token:
-                    break
+            with _mlflow(uri) as mlflow:
+                raw = mlflow.search_runs(experiment_ids=list(names.values()))
         except Exception as e:  # noqa: BLE001
-            raise AnalysisError(f"cannot read runs from MLflow tracking URI {uri}: {_one_line(e)}") from None
-    smoke = {r["run_id"]: r["smoke_test"] for r in records if r["role"] == "sweep"}
-    for r in records:  # the sweep's parent run carries the smoke-test tag for its trials
-        if r["smoke_test"] is None:
-            r["smoke_test"] = smoke.get(r["parent_run_id"])
-    df = _frame(records)
-    if not include_parents and len(df):
-        df = df[df["role"] != "sweep"]
-    if dataset is not None and len(df):
+            raise AnalysisError(f"cannot read runs from MLflow tracking URI {uri}: {one_line(e)}") from None
+    df = tidy_runs(raw, {i: n for n, i in names.items()})
+    if not include_parents:
+        df = df[df["role"] != ROLE_SWEEP]
+    if dataset is not None:
         df = df[df["dataset"] == dataset]
-    if recipe is not None and len(df):
+    if recipe is not None:
         df = df[df["recipe"] == recipe]
     return df.sort_values(["experiment", "batch_size", "start_time"], na_position="last",
-                          kind="stable").reset_index(drop=True) if len(df) else df.reset_index(drop=True)
+                          kind="stable").reset_index(drop=True)
 
 
-_MLFLOW_STATUS = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "failed", "RUNNING": "running",
-                  "SCHEDULED": "running"}
+def tidy_runs(raw: pd.DataFrame, experiment_names: dict[str, str]) -> pd.DataFrame:
+    """``mlflow.search_runs``' frame -> load_runs' (parent runs included): tags renamed, params cast."""
+    index = raw.index
 
+    def column(name: str) -> pd.Series:
+        s = raw[name] if name in raw.columns else pd.Series(None, index=index, dtype=object)
+        return s.astype(object).where(s.notna(), None)
 
-def _record(run: Any, id_to_name: dict[str, str]) -> dict[str, Any]:
-    info, data = run.info, run.data
-    tags, params, metrics = dict(data.tags), dict(data.params), dict(data.metrics)
-    mlflow_experiment = id_to_name.get(info.experiment_id, "")
-    role = tags.get(TAG + "role") or ("trial" if params else "sweep")
-    experiment = tags.get(TAG + "experiment") or params.get("experiment") or mlflow_experiment[len(EXPERIMENT_PREFIX):]
-    paper_row = tags.get(TAG + "paper_row")
-    if not paper_row and experiment in EXPERIMENTS:
-        paper_row = load_experiment(experiment).label
-    status = tags.get(TAG + "status") or _MLFLOW_STATUS.get(info.status, str(info.status).lower())
-    if status == "running" and info.status in ("FAILED", "KILLED"):
-        status = "failed"  # the trial died without updating its tag
-    rec: dict[str, Any] = {
-        "experiment": experiment,
-        "paper_row": paper_row or experiment,
-        "recipe": tags.get(TAG + "recipe") or params.get("recipe"),
-        "dataset": tags.get(TAG + "dataset") or params.get("dataset"),
-        "status": status,
-        "run_id": info.run_id,
-        "run_name": info.run_name or tags.get("mlflow.runName"),
-        "mlflow_experiment": mlflow_experiment,
-        "sweep": tags.get(TAG + "sweep"),
-        "search": tags.get(TAG + "search"),
-        "role": role,
-        "trial_id": tags.get(TAG + "trial_id"),
-        "parent_run_id": tags.get("mlflow.parentRunId"),
-        "smoke_test": _to_bool(tags[TAG + "smoke_test"]) if TAG + "smoke_test" in tags else None,
-        "mlflow_status": info.status,
-        "start_time": info.start_time,
-        "end_time": info.end_time,
-        **{col: tags.get(TAG + t) for t, col in EXTRA_TAGS.items()},
-    }
-    for key in SUMMARY_METRICS + ("epoch_seconds", "val_acc"):
-        rec[key] = metrics.get(key)
-    for key, value in params.items():
-        if key in ("experiment", "recipe", "dataset"):
-            continue  # the tags above are authoritative; the params agree with them
-        rec["param:" + key] = value
-    return rec
-
-
-def _frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    param_keys = sorted({k for r in records for k in r if k.startswith("param:")})
-    cols: dict[str, pd.Series] = {}
-    for col in COLUMNS + tuple(EXTRA_TAGS.values()):
-        key = "param:" + col
-        if key in param_keys:
-            values = [cast_param(col, r.get(key)) for r in records]
-            cols[col] = _series(values, PARAM_TYPES.get(col, object))
-        elif col in ("batch_size", "seed", "total_epochs") and col not in cols:
-            cols[col] = _series([None] * len(records), int)
-        elif col in ("factor_lr", "scaled_factor_lr", "scaled_lr") + SUMMARY_METRICS + ("epoch_seconds", "val_acc"):
-            cols[col] = _series([r.get(col) for r in records], float)
-        elif col in ("start_time", "end_time"):
-            cols[col] = pd.to_datetime(pd.Series([r.get(col) for r in records], dtype="float64"), unit="ms", utc=True)
-        else:
-            cols[col] = pd.Series([r.get(col) for r in records], dtype=object)
-    for key in param_keys:
-        col = key[len("param:"):]
-        if col in cols:
-            continue
-        values = [cast_param(col, r.get(key)) for r in records]
-        kind = PARAM_TYPES.get(col)
-        if kind is None:  # an unknown param: a numeric column when every value is a number
-            nums = [v for v in values if v is not None]
-            if nums and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in nums):
-                kind = int if all(isinstance(v, int) for v in nums) else float
-        cols[col] = _series(values, kind)
-    df = pd.DataFrame(cols, index=range(len(records)))
-    if len(df):
-        df["best_epoch"] = df["best_epoch"].round().astype("Int64")
-    return df
+    out = {col: column("tags." + tag) for tag, col in TAG_COLUMNS.items()}
+    params = {c[len("params."):]: raw[c] for c in raw.columns if c.startswith("params.")}
+    has_params = pd.DataFrame(params, index=index).notna().any(axis=1) if params else pd.Series(False, index=index)
+    out["mlflow_experiment"] = column("experiment_id").map(experiment_names)
+    out["role"] = out["role"].fillna(has_params.map({True: ROLE_TRIAL, False: ROLE_SWEEP}))
+    for key in ("experiment", "recipe", "dataset"):  # the tags are authoritative; the params agree with them
+        if key in params:
+            out[key] = out[key].fillna(column("params." + key))
+    out["experiment"] = out["experiment"].fillna(
+        out["mlflow_experiment"].map(lambda n: n.removeprefix(EXPERIMENT_PREFIX) if isinstance(n, str) else None))
+    labels = {e: load_experiment(e).label for e in EXPERIMENTS}
+    out["paper_row"] = out["paper_row"].fillna(out["experiment"].map(labels)).fillna(out["experiment"])
+    mlflow_status = column("status")
+    status = out["status"].fillna(mlflow_status.map(_MLFLOW_STATUS)).fillna(mlflow_status.str.lower())
+    died = (status == "running") & mlflow_status.isin(["FAILED", "KILLED"])  # died without updating its tag
+    out["status"] = status.mask(died, "failed")
+    out["mlflow_status"] = mlflow_status
+    out["run_id"] = column("run_id")
+    smoke = _to_bool(out["smoke_test"]).astype(object)
+    by_run = dict(zip(out["run_id"], smoke))  # the sweep's parent run carries the smoke-test tag of its trials
+    out["smoke_test"] = smoke.where(smoke.notna(), out["parent_run_id"].map(by_run)).astype(object)
+    out["smoke_test"] = out["smoke_test"].where(out["smoke_test"].notna(), None)
+    out["diverged_epoch"] = pd.to_numeric(out["diverged_epoch"], errors="coerce").astype("Int64")
+    for key in METRIC_COLUMNS:
+        out[key] = pd.to_numeric(column("metrics." + key), errors="coerce").astype("float64")
+    out["best_epoch"] = out["best_epoch"].round().astype("Int64")
+    for key in ("start_time", "end_time"):
+        out[key] = pd.to_datetime(raw[key], utc=True) if key in raw.columns else pd.Series(pd.NaT, index=index,
+                                                                                            dtype="datetime64[ns, UTC]")
+    for key, values in params.items():
+        if key not in ("experiment", "recipe", "dataset"):
+            out[key] = cast_param(key, values)
+    for key in ("batch_size", "seed", "total_epochs"):
+        if key not in out:
+            out[key] = pd.Series(pd.NA, index=index, dtype="Int64")
+    for key in ("factor_lr", "scaled_factor_lr", "scaled_lr"):
+        if key not in out:
+            out[key] = pd.Series(float("nan"), index=index, dtype="float64")
+    df = pd.DataFrame(out, index=index)
+    return df[list(COLUMNS) + sorted(set(df.columns) - set(COLUMNS))].reset_index(drop=True)
 
 
 def load_history(
@@ -367,13 +279,16 @@ def load_history(
     uri = check_tracking_uri(tracking_uri or default_tracking_uri())
     rows: list[tuple[str, str, int, float, int]] = []
     try:
-        client = _client(uri)
-        for run_id in run_ids:
-            for key in metrics:
-                for m in client.get_metric_history(run_id, key):
-                    rows.append((run_id, key, int(m.step), float(m.value), int(m.timestamp)))
+        with _mlflow(uri):
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=uri)
+            for run_id in run_ids:
+                for key in metrics:
+                    rows += [(run_id, key, int(m.step), float(m.value), int(m.timestamp))
+                             for m in client.get_metric_history(run_id, key)]
     except Exception as e:  # noqa: BLE001
-        raise AnalysisError(f"cannot read metric history from {uri}: {_one_line(e)}") from None
+        raise AnalysisError(f"cannot read metric history from {uri}: {one_line(e)}") from None
     df = pd.DataFrame(rows, columns=["run_id", "metric", "step", "value", "timestamp"])
     df = df.astype({"run_id": object, "metric": object, "step": "int64", "value": "float64", "timestamp": "int64"})
     df = df.sort_values(["run_id", "metric", "step", "timestamp"], kind="stable")

@@ -1,10 +1,20 @@
 """Table I rebuilt from the runs: ``python -m analysis.table [--tracking-uri URI] [--paper] ...``.
 
-Each cell is the test accuracy of the best-VALIDATION run for that (experiment, batch size):
-runs of a cell are grouped by their nuisance setting (the config keys that vary inside the cell,
-other than the seed, e.g. factor_lr in exp5); the setting with the best mean ``best_val_acc``
-(over its seeds) is chosen, and the cell shows the mean (and, with several seeds, the standard
-deviation) of its ``test_acc``. The test accuracy never takes part in the choice.
+Rows: the paper's six rows (exp1..exp6), each from the runs of the setting the paper's row used for
+every key its experiment searches (exp5: factor_lr = 10 at every batch size, as the paper's row),
+then, for an experiment whose runs also tried other values, an extra row ``<exp>-best`` ("..., best f
+by validation") that chooses among every value tried, the chosen value shown in the cell.
+
+Cells: the test accuracy of the best-VALIDATION setting for that (row, batch size): a cell's runs are
+grouped by their nuisance setting (the config keys that vary inside the cell, other than the seed);
+the setting with the best mean ``best_val_acc`` (over its seeds) is chosen, and the cell shows the mean
+(and, with several seeds, the standard deviation) of its ``test_acc``. The test accuracy never takes part
+in the choice. A diverged run takes part like any other, with the best model it saw before diverging
+(issue 9.1), and marks the cell with a dagger.
+
+The table is a pandas DataFrame rendered by pandas (``to_markdown``, ``to_latex``, ``to_csv``,
+``to_json``). With lr-grid runs in the store, the CLI also prints the learning-rate grid
+(``analysis.lr_grid``) beside the paper's choice.
 
 Python API::
 
@@ -15,10 +25,7 @@ Python API::
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
-import json
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field
@@ -27,23 +34,64 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from bigbatch.config import OneLineArgumentParser
-from bigbatch.experiments import EXPERIMENTS, PAPER_BATCH_SIZES, PAPER_TABLE, load_experiment
+from bigbatch.experiments import PAPER_BATCH_SIZES, PAPER_TABLE, TABLE_EXPERIMENTS, load_experiment
+from bigbatch.schema import FINISHED, ROLE_SWEEP, mlflow_experiment
 
-from .runs import EXPERIMENT_PREFIX, FINISHED, PARAM_TYPES, AnalysisError
+from . import lr_grid
+from .cli import add_common_args, load_selected_runs, run_cli
+from .runs import PARAM_TYPES, AnalysisError
 
 FORMATS = ("markdown", "csv", "latex", "json")
+BEST_SUFFIX = "-best"  # the extra row of an experiment that searched: exp5-best
 
-# Config keys that never define a nuisance setting: identity, bookkeeping, values derived from others.
+# The paper's test accuracies for settings its Table I row did not use, per experiment, batch size and
+# searched key: its exp5 row used f = 10 at every batch size; at bs 1024 alone it also tried f = 5 (88.61)
+# and f = 2 (89.87). Beside PAPER_TABLE (bigbatch.experiments) in spirit; kept here because only the
+# analysis reads it.
+PAPER_SEARCHED: dict[str, dict[int, dict[str, dict[float, float]]]] = {
+    "exp5": {1024: {"factor_lr": {10.0: 82.79, 5.0: 88.61, 2.0: 89.87}}},
+}
+SHORT_NAMES = {"factor_lr": "f"}  # how a chosen setting is written in a cell: [f=2]
+
+DECLARED = {e: load_experiment(e) for e in TABLE_EXPERIMENTS}
 # Keys the experiments declare as searched (bigbatch/configs: "search"), e.g. factor_lr: only these get the
-# edge-of-grid warning; any other key that varies inside a cell gets a "runs differ in ..." warning.
-SEARCH_KEYS = frozenset(k for e in EXPERIMENTS for k in load_experiment(e).search)
-
+# edge-of-grid mark; any other key that varies inside a cell gets a "runs differ in ..." warning.
+SEARCH_KEYS = frozenset(k for exp in DECLARED.values() for k in exp.search)
+# The value the paper's row used for each searched key: the experiment's declared config (exp5: factor_lr 10).
+PAPER_SETTING = {e: {k: exp.config.get(k) for k in exp.search} for e, exp in DECLARED.items()}
+# Config keys that never define a nuisance setting: identity, bookkeeping, values derived from others.
 NOT_NUISANCE = frozenset({
     "seed", "experiment", "recipe", "dataset", "batch_size", "data_dir", "download", "device", "precision",
     "compile", "deterministic", "eval_batch_size", "scaled_lr", "scaled_factor_lr", "total_epochs",
 })
 
 
+# ---------------------------------------------------------------------------------------- formatting
+def fmt_value(v: Any) -> str:
+    """A setting's value: 2.0 -> '2', 0.001 -> '0.001', text as is."""
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def fmt_num(x: float | None, signed: bool = False) -> str:
+    """An accuracy: '88.51' ('+0.12' signed); '-' for None or NaN."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def fmt_setting(setting: dict[str, Any]) -> str:
+    """{'factor_lr': 2.0} -> '[f=2]'; '' for no setting."""
+    return "[" + ", ".join(f"{SHORT_NAMES.get(k, k)}={fmt_value(v)}" for k, v in setting.items()) + "]" \
+        if setting else ""
+
+
+def markdown_table(frame: pd.DataFrame, align: Sequence[str] | None = None) -> str:
+    """A GitHub pipe table of a DataFrame of text (pandas ``to_markdown``; the first column left-aligned)."""
+    align = tuple(align) if align else ("left",) + ("right",) * (frame.shape[1] - 1)
+    return frame.to_markdown(index=False, colalign=align, disable_numparse=True)
+
+
+# ---------------------------------------------------------------------------------------- the paper
 def paper_spread(experiment: str) -> float | None:
     """max - min over the paper's Table I row (46.91 for exp1, 1.63 for exp6)."""
     vals = [v for v in PAPER_TABLE.get(experiment, {}).values() if v is not None]
@@ -56,11 +104,28 @@ def paper_gap(experiment: str) -> float | None:
     return round(row[min(row)] - row[max(row)], 2) if len(row) > 1 else None
 
 
+def paper_cell(row: str, batch_size: int) -> tuple[float | None, dict[str, Any]]:
+    """The paper's number a cell compares with, and the setting it used.
+
+    A paper row: its Table I value ({} setting). A best-by-validation row: the paper's best over the
+    values it tried, only where it tried more than its row's (exp5 at 1024: 89.87 with f = 2); (None, {})
+    elsewhere, so a searched cell is never compared with a cell the paper did not search.
+    """
+    if not row.endswith(BEST_SUFFIX):
+        return PAPER_TABLE.get(row, {}).get(batch_size), {}
+    tried = PAPER_SEARCHED.get(row.removesuffix(BEST_SUFFIX), {}).get(batch_size, {})
+    best = max(((acc, {key: value}) for key, values in tried.items() for value, acc in values.items()),
+               key=lambda t: t[0], default=None)
+    return best if best is not None else (None, {})
+
+
+# ---------------------------------------------------------------------------------------- the model
 @dataclass
 class Cell:
-    """One (experiment, batch size) of the table: the chosen setting and its test accuracy."""
+    """One (row, batch size) of the table: the chosen setting and its test accuracy."""
 
-    experiment: str
+    row: str  # exp1..exp6, or exp5-best (the best-by-validation row)
+    experiment: str  # exp1..exp6
     batch_size: int
     test_acc: float  # mean over the chosen setting's seeds (NaN when none has a test accuracy)
     test_std: float | None  # sample standard deviation; None with one seed
@@ -69,13 +134,15 @@ class Cell:
     n_runs: int  # finished runs in the cell, every setting
     n_settings: int  # nuisance settings tried in the cell
     n_diverged: int  # diverged runs in the cell, every setting
-    chosen_diverged: int  # diverged runs among the chosen setting's seeds
+    chosen_diverged: int  # diverged runs among the chosen setting's seeds (the cell's dagger)
+    diverged_epochs: list[int]  # the epochs those runs diverged at (tag bigbatch.diverged_epoch)
     n_unfinished: int  # stopped early, failed or still running (not in the choice)
     setting: dict[str, Any]  # the chosen nuisance setting, e.g. {"factor_lr": 2.0}; {} if nothing varied
     searched: dict[str, list[Any]]  # nuisance key -> every value tried in the cell
-    edge: list[str]  # keys whose chosen value is the smallest or largest tried
+    edge: list[str]  # searched keys whose chosen value is the smallest or largest tried
     run_ids: list[str]  # the chosen setting's runs
-    paper: float | None  # the paper's Table I value
+    paper: float | None  # the paper's number for this cell (see paper_cell)
+    paper_setting: dict[str, Any] = field(default_factory=dict)  # the setting of that number (best rows)
 
     @property
     def diff(self) -> float | None:
@@ -89,45 +156,62 @@ class Table:
     dataset: str | None
     recipe: str | None
     batch_sizes: list[int]
-    rows: list[str]  # experiment names, the paper's order (all six, even when absent)
-    labels: dict[str, str]  # experiment -> the paper's row label
+    rows: list[str]  # the paper's rows: exp1..exp6, in its order (all six, even when absent)
+    labels: dict[str, str]  # row -> label (the paper's row label; "..., best f by validation")
     cells: dict[tuple[str, int], Cell]
+    extra_rows: list[str] = field(default_factory=list)  # best-by-validation rows, e.g. ["exp5-best"]
     unfinished_only: dict[tuple[str, int], int] = field(default_factory=dict)  # cells with runs, none finished
 
-    def cell(self, experiment: str, batch_size: int) -> Cell | None:
-        return self.cells.get((experiment, batch_size))
+    @property
+    def all_rows(self) -> list[str]:
+        """Every row, in print order: the paper's six, then the best-by-validation rows."""
+        return self.rows + self.extra_rows
 
-    def row_values(self, experiment: str) -> dict[int, float]:
-        return {b: c.test_acc for (e, b), c in self.cells.items() if e == experiment and math.isfinite(c.test_acc)}
+    def cell(self, row: str, batch_size: int) -> Cell | None:
+        return self.cells.get((row, batch_size))
 
-    def spread(self, experiment: str) -> float | None:
+    def row_values(self, row: str) -> dict[int, float]:
+        return {b: c.test_acc for (r, b), c in self.cells.items() if r == row and math.isfinite(c.test_acc)}
+
+    def spread(self, row: str) -> float | None:
         """max - min of the row's cells (None with fewer than two cells)."""
-        vals = list(self.row_values(experiment).values())
+        vals = list(self.row_values(row).values())
         return max(vals) - min(vals) if len(vals) > 1 else None
 
-    def gap(self, experiment: str) -> float | None:
+    def gap(self, row: str) -> float | None:
         """Smallest minus largest batch size of the row (the paper's '46.91 ... reduced to 1.26')."""
-        row = self.row_values(experiment)
-        return row[min(row)] - row[max(row)] if len(row) > 1 else None
+        vals = self.row_values(row)
+        return vals[min(vals)] - vals[max(vals)] if len(vals) > 1 else None
+
+    def _ordered(self, keyed: dict) -> list:
+        return sorted(keyed.items(), key=lambda kv: (self.all_rows.index(kv[0][0]), kv[0][1]))
 
     def warnings(self) -> list[str]:
+        """Edge-of-grid choices, keys no experiment searches, cells whose runs none finished."""
         out = []
-        for (e, b), c in sorted(self.cells.items(), key=lambda kv: (self.rows.index(kv[0][0]), kv[0][1])):
+        for (r, b), c in self._ordered(self.cells):
             for key in c.edge:
-                vals = ", ".join(_fmt_value(v) for v in c.searched[key])
+                vals = ", ".join(fmt_value(v) for v in c.searched[key])
                 side = "smallest" if c.setting[key] == min(c.searched[key]) else "largest"
-                out.append(f"{e} bs={b}: chosen {key}={_fmt_value(c.setting[key])} is the {side} value searched "
+                out.append(f"{r} bs={b}: chosen {key}={fmt_value(c.setting[key])} is the {side} value searched "
                            f"({vals}); the optimum may lie outside the grid")
             for key in c.searched:
                 if key not in SEARCH_KEYS:
-                    vals = ", ".join(_fmt_value(v) for v in c.searched[key])
-                    out.append(f"{e} bs={b}: its runs differ in {key} ({vals}), which no experiment searches; "
-                               f"chose {key}={_fmt_value(c.setting[key])} by validation accuracy")
+                    vals = ", ".join(fmt_value(v) for v in c.searched[key])
+                    out.append(f"{r} bs={b}: its runs differ in {key} ({vals}), which no experiment searches; "
+                               f"chose {key}={fmt_value(c.setting[key])} by validation accuracy")
+        for (r, b), n in self._ordered(self.unfinished_only):
+            out.append(f"{r} bs={b}: {n} run(s), none finished (stopped early, failed or still running)")
+        return out
+
+    def notes(self) -> list[str]:
+        """One line per cell marked with a dagger: where its chosen setting diverged."""
+        out = []
+        for (r, b), c in self._ordered(self.cells):
             if c.chosen_diverged:
-                out.append(f"{e} bs={b}: {c.chosen_diverged} of the {c.n_seeds} runs of the chosen setting diverged "
-                           "(counted with their chance-level accuracy)")
-        for (e, b), n in sorted(self.unfinished_only.items(), key=lambda kv: (self.rows.index(kv[0][0]), kv[0][1])):
-            out.append(f"{e} bs={b}: {n} run(s), none finished (stopped early, failed or still running)")
+                at = ", ".join(map(str, c.diverged_epochs)) or "?"
+                out.append(f"† {r} bs={b}: {c.chosen_diverged} of the {c.n_seeds} run(s) of the chosen setting "
+                           f"diverged at epoch {at}; best model before it")
         return out
 
     @property
@@ -137,54 +221,79 @@ class Table:
 
 # ---------------------------------------------------------------------------------------- building
 def table_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs that enter Table I: trials of the MLflow experiments bigbatch-exp1..exp6 (not Optuna)."""
+    """The runs that enter Table I: trials of the MLflow experiments bigbatch-exp1..exp6 (not Optuna, lr-grid)."""
     if not len(runs):
         return runs
-    keep = runs["mlflow_experiment"].isin([EXPERIMENT_PREFIX + e for e in EXPERIMENTS]) & (runs["role"] != "sweep")
+    keep = runs["mlflow_experiment"].isin([mlflow_experiment(e) for e in TABLE_EXPERIMENTS]) & (runs["role"] != ROLE_SWEEP)
     return runs[keep]
 
 
 def nuisance_keys(cell_runs: pd.DataFrame) -> list[str]:
     """Config keys that vary within a cell's runs, other than the seed and bookkeeping keys."""
-    keys = []
-    for col in cell_runs.columns:
-        if col not in PARAM_TYPES or col in NOT_NUISANCE:
-            continue
-        vals = cell_runs[col].dropna()
-        if vals.map(_hashable).nunique() > 1:
-            keys.append(col)
-    return sorted(keys)
+    return sorted(col for col in cell_runs.columns if col in PARAM_TYPES and col not in NOT_NUISANCE
+                  and cell_runs[col].dropna().map(_hashable).nunique() > 1)
 
 
 def _hashable(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
-def choose(cell_runs: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, dict[str, list[Any]]]:
-    """The selection rule on one cell's finished runs -> (setting, its runs, values searched per key).
+def _sort_key(v: Any) -> tuple:
+    return (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v))
 
-    A setting with fewer diverged runs always ranks above one with more (a diverged run's chance-level
-    accuracy must not beat a real run that scored below chance on a tiny validation set); then settings
-    are ranked by mean best_val_acc over their seeds (a missing value counts as 0); ties go to the
-    setting with more seeds, then to the first one seen. Test accuracy is never looked at.
+
+def _plain(v: Any) -> Any:
+    """numpy scalars -> Python."""
+    return v.item() if hasattr(v, "item") else v
+
+
+def choose(cell_runs: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, dict[str, list[Any]], int]:
+    """The selection rule on one cell's finished runs -> (setting, its runs, values tried per key, settings).
+
+    Settings are ranked by mean best_val_acc over their seeds (a missing value counts as 0); a diverged
+    run counts like any other, with the best model it saw before diverging. Ties go to the setting with
+    more seeds, then to the first one seen. Test accuracy is never looked at.
     """
     keys = nuisance_keys(cell_runs)
     searched = {k: sorted(cell_runs[k].dropna().map(_hashable).unique().tolist(), key=_sort_key) for k in keys}
     if not keys:
-        return {}, cell_runs, searched
-    groups = cell_runs.groupby([cell_runs[k].map(_hashable) for k in keys], dropna=False, sort=False)
-    best, best_rank = None, None
-    for setting, g in groups:
-        setting = setting if isinstance(setting, tuple) else (setting,)
-        diverged = float((g["status"] == "diverged").mean()) if "status" in g else 0.0
-        rank = (-diverged, g["best_val_acc"].fillna(0.0).mean(), len(g))
-        if best_rank is None or rank > best_rank:
-            best, best_rank = (dict(zip(keys, setting)), g), rank
-    return best[0], best[1], searched
+        return {}, cell_runs, searched, 1
+    groups = list(cell_runs.groupby([cell_runs[k].map(_hashable) for k in keys], dropna=False, sort=False))
+    setting, chosen = max(groups, key=lambda sg: (sg[1]["best_val_acc"].fillna(0.0).mean(), len(sg[1])))
+    setting = setting if isinstance(setting, tuple) else (setting,)
+    return dict(zip(keys, setting)), chosen, searched, len(groups)
 
 
-def _sort_key(v: Any) -> tuple:
-    return (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v))
+def _cell(row: str, experiment: str, bs: int, finished: pd.DataFrame, n_unfinished: int) -> Cell:
+    setting, chosen, searched, n_settings = choose(finished)
+    accs = chosen["test_acc"].dropna()
+    diverged = chosen[chosen["status"] == "diverged"]
+    epochs = diverged["diverged_epoch"].dropna() if "diverged_epoch" in diverged else pd.Series([], dtype=int)
+    edge = [k for k, v in setting.items()
+            if k in SEARCH_KEYS and len(searched[k]) > 1 and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and v in (min(searched[k]), max(searched[k]))]
+    paper, paper_setting = paper_cell(row, bs)
+    return Cell(
+        row=row, experiment=experiment, batch_size=bs,
+        test_acc=float(accs.mean()) if len(accs) else math.nan,
+        test_std=float(accs.std(ddof=1)) if len(accs) > 1 else None,
+        best_val_acc=float(chosen["best_val_acc"].mean()),
+        n_seeds=len(chosen), n_runs=len(finished), n_settings=n_settings,
+        n_diverged=int((finished["status"] == "diverged").sum()), chosen_diverged=len(diverged),
+        diverged_epochs=sorted(int(e) for e in epochs), n_unfinished=n_unfinished,
+        setting={k: _plain(v) for k, v in setting.items()},
+        searched={k: [_plain(v) for v in vs] for k, vs in searched.items()},
+        edge=edge, run_ids=chosen["run_id"].tolist(), paper=paper, paper_setting=paper_setting,
+    )
+
+
+def in_paper_row(runs: pd.DataFrame, experiment: str) -> pd.Series:
+    """Which runs have the paper's setting of every key the experiment searches (a missing value counts)."""
+    mask = pd.Series(True, index=runs.index)
+    for key, value in PAPER_SETTING.get(experiment, {}).items():
+        if key in runs.columns:
+            mask &= runs[key].isna() | (runs[key] == value)
+    return mask
 
 
 def build_table(
@@ -207,40 +316,31 @@ def build_table(
         dataset, recipe = combos[0]
     seen = sorted({int(b) for b in runs["batch_size"].dropna()}) if len(runs) else []
     cols = sorted(set(batch_sizes if batch_sizes is not None else PAPER_BATCH_SIZES) | set(seen))
+    labels = {e: DECLARED[e].label for e in TABLE_EXPERIMENTS}
     cells: dict[tuple[str, int], Cell] = {}
     unfinished_only: dict[tuple[str, int], int] = {}
-    for (exp, bs), cell_runs in runs.groupby(["experiment", "batch_size"], sort=True):
-        bs = int(bs)
-        if exp not in EXPERIMENTS or bs not in cols:
-            continue
-        finished = cell_runs[cell_runs["status"].isin(FINISHED)]
-        n_unfinished = len(cell_runs) - len(finished)
-        if not len(finished):
-            unfinished_only[(exp, bs)] = n_unfinished
-            continue
-        setting, chosen, searched = choose(finished)
-        accs = chosen["test_acc"].dropna()
-        edge = [k for k, v in setting.items()
-                if k in SEARCH_KEYS and len(searched[k]) > 1 and isinstance(v, (int, float)) and not isinstance(v, bool)
-                and v in (min(searched[k]), max(searched[k]))]
-        cells[(exp, bs)] = Cell(
-            experiment=exp, batch_size=bs,
-            test_acc=float(accs.mean()) if len(accs) else math.nan,
-            test_std=float(accs.std(ddof=1)) if len(accs) > 1 else None,
-            best_val_acc=float(chosen["best_val_acc"].mean()),
-            n_seeds=len(chosen), n_runs=len(finished),
-            n_settings=len(finished.groupby([finished[k].map(_hashable) for k in setting])) if setting else 1,
-            n_diverged=int((finished["status"] == "diverged").sum()),
-            chosen_diverged=int((chosen["status"] == "diverged").sum()),
-            n_unfinished=n_unfinished,
-            setting={k: _plain(v) for k, v in setting.items()},
-            searched={k: [_plain(v) for v in vs] for k, vs in searched.items()},
-            edge=edge,
-            run_ids=chosen["run_id"].tolist(),
-            paper=PAPER_TABLE.get(exp, {}).get(bs),
-        )
-    labels = {e: load_experiment(e).label for e in EXPERIMENTS}
-    return Table(dataset, recipe, cols, list(EXPERIMENTS), labels, cells, unfinished_only)
+    extra_rows: list[str] = []
+    for exp in TABLE_EXPERIMENTS:
+        exp_runs = runs[runs["experiment"] == exp] if len(runs) else runs
+        paper_row = in_paper_row(exp_runs, exp)
+        row_runs = [(exp, exp_runs[paper_row])]
+        if not paper_row.all():  # other values were tried: the best-by-validation row
+            row_runs.append((exp + BEST_SUFFIX, exp_runs))
+            extra_rows.append(exp + BEST_SUFFIX)
+            keys = ", ".join(SHORT_NAMES.get(k, k) for k in PAPER_SETTING[exp])
+            labels[exp + BEST_SUFFIX] = f"{labels[exp]}, best {keys} by validation"
+            labels[exp] += " " + fmt_setting(PAPER_SETTING[exp])
+        for row, rr in row_runs:
+            for bs, cell_runs in rr.groupby("batch_size", sort=True):
+                bs = int(bs)
+                if bs not in cols:
+                    continue
+                finished = cell_runs[cell_runs["status"].isin(FINISHED)]
+                if not len(finished):
+                    unfinished_only[(row, bs)] = len(cell_runs)
+                    continue
+                cells[(row, bs)] = _cell(row, exp, bs, finished, len(cell_runs) - len(finished))
+    return Table(dataset, recipe, cols, list(TABLE_EXPERIMENTS), labels, cells, extra_rows, unfinished_only)
 
 
 def build_tables(runs: pd.DataFrame, batch_sizes: Sequence[int] | None = None) -> list[Table]:
@@ -250,88 +350,111 @@ def build_tables(runs: pd.DataFrame, batch_sizes: Sequence[int] | None = None) -
     return [build_table(runs, d, r, batch_sizes) for d, r in combos]
 
 
-def _plain(v: Any) -> Any:
-    """numpy scalars -> Python (for JSON); whole floats stay floats."""
-    return v.item() if hasattr(v, "item") else v
-
-
-def _fmt_value(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-# ---------------------------------------------------------------------------------------- rendering
-def _num(x: float | None, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return f"{x:+.2f}" if signed else f"{x:.2f}"
-
-
-def cell_text(c: Cell | None, paper: bool = False, pm: str = "±", expected_paper: float | None = None) -> str:
-    """'88.51 ± 0.12' (+ '*' on the edge of the grid, '†' when the chosen setting diverged)."""
+# ---------------------------------------------------------------------------------------- frames
+def cell_text(c: Cell | None, paper: bool = False, pm: str = "±", row: str = "", batch_size: int = 0) -> str:
+    """'88.51 ± 0.12' ('*' on the edge of the grid, '†' when the chosen setting diverged, '[f=2]' in a
+    best-by-validation row); with ``paper``, '(paper, ours - paper)' after it."""
+    best_row = (c.row if c is not None else row).endswith(BEST_SUFFIX)
     if c is None:
         text = "-"
     else:
-        text = _num(c.test_acc) + (f" {pm} {c.test_std:.2f}" if c.test_std is not None else "")
+        text = fmt_num(c.test_acc) + (f" {pm} {c.test_std:.2f}" if c.test_std is not None else "")
         text += ("*" if c.edge else "") + ("†" if c.chosen_diverged else "")
+        text += (" " + fmt_setting(c.setting)) if best_row and c.setting else ""
     if paper:
-        ref = c.paper if c is not None else expected_paper
-        if ref is not None:
-            text += f" ({_num(ref)}, {_num(c.diff, signed=True)})" if c is not None and c.diff is not None \
-                else f" ({_num(ref)})"
+        ref, ref_setting = (c.paper, c.paper_setting) if c is not None else paper_cell(row, batch_size)
+        shown = fmt_num(ref) + (" " + fmt_setting(ref_setting) if ref_setting else "")
+        if c is not None and (ref is not None or best_row):
+            text += f" ({shown}, {fmt_num(c.diff, signed=True)})"
+        elif ref is not None:
+            text += f" ({shown})"
     return text
-
-
-def _diff(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
 
 
 def _with_paper(ours: float | None, paper: float | None) -> str:
     if paper is None:
-        return _num(ours)
+        return fmt_num(ours)
     if ours is None:
-        return f"- ({_num(paper)})"
-    return f"{_num(ours)} ({_num(paper)}, {_num(ours - paper, True)})"
+        return f"- ({fmt_num(paper)})"
+    return f"{fmt_num(ours)} ({fmt_num(paper)}, {fmt_num(ours - paper, True)})"
 
 
-def rows(table: Table, paper: bool = False) -> list[list[str]]:
-    """Header + one text row per experiment (the markdown/LaTeX layout)."""
-    head = ["experiment", *map(str, table.batch_sizes), "spread", "gap"]
-    out = [head]
-    for e in table.rows:
-        cells = []
+def text_frame(table: Table, paper: bool = False) -> pd.DataFrame:
+    """The table as text, one row per row of Table I: label, a column per batch size, spread, gap."""
+    records = []
+    for r in table.all_rows:
+        rec = {"experiment": table.labels[r]}
         for b in table.batch_sizes:
-            expected = PAPER_TABLE.get(e, {}).get(b)
-            cells.append(cell_text(table.cell(e, b), paper, expected_paper=expected))
-        sp, gp = table.spread(e), table.gap(e)
-        if paper:
-            psp, pgp = paper_spread(e), paper_gap(e)
-            cells += [_with_paper(sp, psp), _with_paper(gp, pgp)]
+            rec[str(b)] = cell_text(table.cell(r, b), paper, row=r, batch_size=b)
+        sp, gp = table.spread(r), table.gap(r)
+        if paper and r in table.rows:
+            rec["spread"], rec["gap"] = _with_paper(sp, paper_spread(r)), _with_paper(gp, paper_gap(r))
         else:
-            cells += [_num(sp), _num(gp)]
-        out.append([table.labels[e], *cells])
-    return out
+            rec["spread"], rec["gap"] = fmt_num(sp), fmt_num(gp)
+        records.append(rec)
+    return pd.DataFrame(records)
 
 
-def markdown_table(rows_: list[list[str]], align: Sequence[str] | None = None) -> str:
-    """A GitHub pipe table (no dependency on tabulate)."""
-    def esc(s: str) -> str:
-        return str(s).replace("|", "\\|").replace("\n", " ")
+def number_frame(tables: Sequence[Table], paper: bool = False) -> pd.DataFrame:
+    """Every table as numbers, one row per (dataset, recipe, row): the CSV layout (NaN where no run)."""
+    bss = sorted({b for t in tables for b in t.batch_sizes})
+    has_std = any(c.test_std is not None for t in tables for c in t.cells.values())
+    records = []
+    for t in tables:
+        for r in t.all_rows:
+            rec: dict[str, Any] = {"dataset": t.dataset, "recipe": t.recipe, "experiment": r.removesuffix(BEST_SUFFIX),
+                                   "row": r, "label": t.labels[r]}
+            for b in bss:
+                c = t.cell(r, b)
+                rec[str(b)] = c.test_acc if c else None
+                if has_std:
+                    rec[f"{b}_std"] = c.test_std if c else None
+                if paper:
+                    rec[f"{b}_paper"] = c.paper if c else paper_cell(r, b)[0]
+                    rec[f"{b}_diff"] = c.diff if c else None
+            rec["spread"], rec["gap"] = t.spread(r), t.gap(r)
+            if paper:
+                psp, pgp = (paper_spread(r), paper_gap(r)) if r in t.rows else (None, None)
+                rec["spread_paper"] = psp
+                rec["spread_diff"] = None if psp is None or rec["spread"] is None else rec["spread"] - psp
+                rec["gap_paper"] = pgp
+                rec["gap_diff"] = None if pgp is None or rec["gap"] is None else rec["gap"] - pgp
+            records.append(rec)
+    return pd.DataFrame(records)
 
-    align = align or ["l"] + ["r"] * (len(rows_[0]) - 1)
-    sep = [":---" if a == "l" else "---:" if a == "r" else ":---:" for a in align]
-    lines = ["| " + " | ".join(esc(c) for c in r) + " |" for r in [rows_[0]]]
-    lines.append("| " + " | ".join(sep) + " |")
-    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows_[1:]]
-    return "\n".join(lines)
+
+def table_record(t: Table) -> dict[str, Any]:
+    """The table as JSON-able data: every detail of every cell."""
+    rows = []
+    for r in t.all_rows:
+        cells = {str(b): (None if (c := t.cell(r, b)) is None else {**dataclasses.asdict(c), "diff": c.diff})
+                 for b in t.batch_sizes}
+        paper_row = r in t.rows
+        rows.append({
+            "experiment": r.removesuffix(BEST_SUFFIX), "row": r, "label": t.labels[r], "cells": cells,
+            "spread": t.spread(r), "gap": t.gap(r),
+            "paper": {str(b): paper_cell(r, b)[0] for b in t.batch_sizes},
+            "paper_spread": paper_spread(r) if paper_row else None, "paper_gap": paper_gap(r) if paper_row else None,
+        })
+    return {"dataset": t.dataset, "recipe": t.recipe, "batch_sizes": t.batch_sizes, "rows": rows,
+            "warnings": t.warnings(), "notes": t.notes()}
 
 
-def legend(paper: bool) -> str:
+# ---------------------------------------------------------------------------------------- rendering
+def legend(paper: bool, extra_rows: bool = False) -> str:
     text = ("Test accuracy (%) of the best-validation setting per cell (mean ± std over seeds when there are "
             "several); '-': no finished run. spread: max - min over batch sizes; gap: smallest minus largest "
             "batch size (the paper's '46.91 reduced to 1.26'). *: the chosen setting is on the edge of the "
-            "values searched. †: some runs of the chosen setting diverged.")
+            "values searched. †: a run of the chosen setting diverged; it counts with the best model it saw "
+            "before diverging (the epoch: in the notes).")
+    if extra_rows:
+        text += (" A paper row uses the paper's own value of every searched key (exp5: f = 10, as its Table I); "
+                 "a 'best ... by validation' row chooses among every value tried, shown in brackets.")
     if paper:
         text += " In parentheses: the paper's value and our difference (ours - paper); '- (x)': no run of ours."
+        if extra_rows:
+            text += (" A best-by-validation cell is compared only where the paper tried several values too "
+                     "(exp5 at 1024: its best of f = 10, 5, 2); elsewhere '(-, -)'.")
     return text
 
 
@@ -340,162 +463,55 @@ def render_markdown(tables: Sequence[Table], paper: bool = False, heading_level:
     for t in tables:
         if len(tables) > 1:
             parts.append("#" * heading_level + f" Table I: {t.title}\n")
-        parts.append(markdown_table(rows(t, paper)))
-        notes = t.warnings()
+        parts.append(markdown_table(text_frame(t, paper)))
+        notes = [f"- warning: {w}" for w in t.warnings()] + [f"- {n}" for n in t.notes()]
         if notes:
-            parts.append("\n" + "\n".join(f"- warning: {n}" for n in notes))
+            parts.append("\n" + "\n".join(notes))
         parts.append("")
-    parts.append(legend(paper))
+    parts.append(legend(paper, any(t.extra_rows for t in tables)))
     return "\n".join(parts).rstrip() + "\n"
-
-
-def _latex_escape(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
-        s = s.replace(a, b) if a != "\\" else s.replace(a, "\x00")
-    return s.replace("\x00", r"\textbackslash{}").replace("±", r"$\pm$").replace("†", r"$^\dagger$") \
-        .replace("*", r"$^*$").replace("→", r"$\to$")
 
 
 def render_latex(tables: Sequence[Table], paper: bool = False) -> str:
     out = []
     for t in tables:
-        r = rows(t, paper)
+        frame = text_frame(t, paper)
+        body = frame.to_latex(index=False, escape=True, column_format="l" + "r" * (frame.shape[1] - 1))
         out.append(f"% Table I rebuilt: {t.title}")
-        out.append(r"\begin{tabular}{l" + "r" * (len(r[0]) - 1) + "}")
-        out.append(r"\toprule")
-        out.append(" & ".join(_latex_escape(c) for c in r[0]) + r" \\")
-        out.append(r"\midrule")
-        out += [" & ".join(_latex_escape(c) for c in row) + r" \\" for row in r[1:]]
-        out.append(r"\bottomrule")
-        out.append(r"\end{tabular}")
-        out += [f"% warning: {w}" for w in t.warnings()]
+        out.append(body.replace("±", r"$\pm$").replace("†", r"$^\dagger$").rstrip("\n"))
+        out += [f"% warning: {w}" for w in t.warnings()] + [f"% {n}" for n in t.notes()]
     return "\n".join(out) + "\n"
 
 
-def render_csv(tables: Sequence[Table], paper: bool = False) -> str:
-    """One row per (dataset, recipe, experiment); numbers only; an empty field where there is no run."""
-    bss = sorted({b for t in tables for b in t.batch_sizes})
-    has_std = any(c.test_std is not None for t in tables for c in t.cells.values())
-    head = ["dataset", "recipe", "experiment", "label"]
-    for b in bss:
-        head.append(str(b))
-        if has_std:
-            head += [f"{b}_std"]
-        if paper:
-            head += [f"{b}_paper", f"{b}_diff"]
-    head += ["spread", "gap"] + (["spread_paper", "spread_diff", "gap_paper", "gap_diff"] if paper else [])
+def render(tables: Table | Sequence[Table], fmt: str = "markdown", paper: bool = False,
+           lr_grid_frame: pd.DataFrame | None = None) -> str:
+    """Render one or several tables as markdown | csv | latex | json.
 
-    def num(x):
-        return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else round(x, 4)
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(head)
-    for t in tables:
-        for e in t.rows:
-            rec = [t.dataset, t.recipe, e, t.labels[e]]
-            for b in bss:
-                c = t.cell(e, b)
-                rec.append(num(c.test_acc) if c else "")
-                if has_std:
-                    rec.append(num(c.test_std) if c else "")
-                if paper:
-                    ref = PAPER_TABLE.get(e, {}).get(b)
-                    rec += [num(ref), num(c.diff) if c else ""]
-            sp, gp = t.spread(e), t.gap(e)
-            rec += [num(sp), num(gp)]
-            if paper:
-                psp, pgp = paper_spread(e), paper_gap(e)
-                rec += [num(psp), num(_diff(sp, psp)), num(pgp), num(_diff(gp, pgp))]
-            w.writerow(rec)
-    return buf.getvalue()
-
-
-def _finite(x: Any) -> Any:
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
-def to_dict(t: Table) -> dict[str, Any]:
-    """The table as JSON-able data (every detail of every cell)."""
-    rows_ = []
-    for e in t.rows:
-        cells = {}
-        for b in t.batch_sizes:
-            c = t.cell(e, b)
-            cells[str(b)] = None if c is None else {
-                "test_acc": _finite(c.test_acc), "test_std": c.test_std, "best_val_acc": _finite(c.best_val_acc),
-                "n_seeds": c.n_seeds, "n_runs": c.n_runs, "n_settings": c.n_settings, "n_diverged": c.n_diverged,
-                "chosen_diverged": c.chosen_diverged, "n_unfinished": c.n_unfinished, "setting": c.setting,
-                "searched": c.searched, "edge": c.edge, "run_ids": c.run_ids, "paper": c.paper, "diff": c.diff,
-            }
-        rows_.append({
-            "experiment": e, "label": t.labels[e], "cells": cells, "spread": t.spread(e), "gap": t.gap(e),
-            "paper": {str(b): v for b, v in PAPER_TABLE.get(e, {}).items()},
-            "paper_spread": paper_spread(e), "paper_gap": paper_gap(e),
-        })
-    return {"dataset": t.dataset, "recipe": t.recipe, "batch_sizes": t.batch_sizes, "rows": rows_,
-            "warnings": t.warnings()}
-
-
-def render_json(tables: Sequence[Table], paper: bool = False) -> str:
-    return json.dumps({"tables": [to_dict(t) for t in tables]}, indent=2) + "\n"
-
-
-def render(tables: Table | Sequence[Table], fmt: str = "markdown", paper: bool = False) -> str:
-    """Render one or several tables as markdown | csv | latex | json."""
+    ``lr_grid_frame`` (analysis.lr_grid.summarize): the learning-rate grid, added to markdown and json.
+    """
     if isinstance(tables, Table):
         tables = [tables]
     if fmt not in FORMATS:
         raise AnalysisError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
-    return {"markdown": render_markdown, "csv": render_csv, "latex": render_latex, "json": render_json}[fmt](
-        tables, paper=paper)
+    grid = lr_grid_frame if lr_grid_frame is not None and len(lr_grid_frame) else None
+    if fmt == "markdown":
+        parts = ([render_markdown(tables, paper)] if tables else []) + ([lr_grid.render_markdown(grid)] if grid is not None
+                                                                        else [])
+        return "\n".join(parts)
+    if fmt == "latex":
+        return render_latex(tables, paper)
+    if fmt == "csv":
+        return number_frame(tables, paper).round(4).to_csv(index=False)
+    doc = {"tables": [table_record(t) for t in tables]}
+    if grid is not None:
+        doc["lr_grid"] = grid.to_dict(orient="records")
+    return pd.Series(doc, dtype=object).to_json(indent=2) + "\n"
 
 
 # ---------------------------------------------------------------------------------------- CLI
-def add_common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db, as the sweeps)")
-    p.add_argument("--dataset", default=None, help="only runs on this dataset (default: every dataset, one table each)")
-    p.add_argument("--recipe", default=None, help="only runs of this recipe: text | authors-code (default: each)")
-    p.add_argument("--sweep", action="append", default=None, metavar="NAME",
-                   help="only runs of this sweep (the MLflow parent run name; repeatable; default: every sweep)")
-
-
-def load_table_runs(tracking_uri: str | None, dataset: str | None = None, recipe: str | None = None,
-                    sweeps: Sequence[str] | None = None) -> pd.DataFrame:
-    """load_runs + a one-line error when nothing matches (the CLIs' shared entry)."""
-    from .runs import default_tracking_uri, load_runs
-
-    uri = tracking_uri or default_tracking_uri()
-    everything = load_runs(uri)
-    if not len(everything):
-        raise AnalysisError(f"no bigbatch runs in {uri} (MLflow experiments named {EXPERIMENT_PREFIX}*)")
-    runs = everything
-    for key, value in (("dataset", dataset), ("recipe", recipe), ("sweep", sweeps)):
-        if value is not None:
-            runs = runs[runs[key].isin(value if isinstance(value, (list, tuple)) else [value])]
-            if not len(runs):
-                have = ", ".join(sorted(map(str, everything[key].dropna().unique())))
-                shown = ",".join(value) if isinstance(value, (list, tuple)) else value
-                raise AnalysisError(f"no bigbatch runs with {key}={shown} in {uri} (have: {have})")
-    return runs.reset_index(drop=True)
-
-
-def cli(main_fn) -> int:
-    """Run a CLI body; AnalysisError -> 'error: ...' on stderr and exit status 2."""
-    try:
-        main_fn()
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-DESCRIPTION = "Rebuild the paper's Table I from the MLflow runs: per (experiment, batch size), the test accuracy of the best-validation setting (mean ± std over seeds). See docs/analysis.md."
+DESCRIPTION = ("Rebuild the paper's Table I from the MLflow runs: per (experiment, batch size), the test accuracy "
+               "of the best-validation setting (mean ± std over seeds); with lr-grid runs, the learning-rate grid "
+               "beside the paper's choice. See docs/analysis.md.")
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -506,13 +522,15 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = p.parse_args(list(argv) if argv is not None else None)
 
     def body():
-        runs = load_table_runs(args.tracking_uri, args.dataset, args.recipe, args.sweep)
+        runs = load_selected_runs(args.tracking_uri, args.dataset, args.recipe, args.sweep)
         tables = build_tables(runs)
-        if not tables:
-            raise AnalysisError("no runs of the Table I experiments (bigbatch-exp1..exp6) in the store")
-        sys.stdout.write(render(tables, args.format, paper=args.paper))
+        grid = lr_grid.summarize(runs)
+        if not tables and not len(grid):
+            raise AnalysisError("no runs of the Table I experiments (bigbatch-exp1..exp6) nor of the lr grid "
+                                "(bigbatch-lr-grid) in the store")
+        sys.stdout.write(render(tables, args.format, paper=args.paper, lr_grid_frame=grid))
 
-    return cli(body)
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,13 @@ tests/test_analysis_e2e.py.
 The store (``fake_store``) holds, by design:
 - exp1 at every batch size with two seeds (mean and std), and one failed trial;
 - exp2 without batch size 1024 (a '-' cell);
-- exp5 with factor_lr in {10, 5, 2} per batch size; at 1024 the best-validation setting (f=2) has a
-  WORSE test accuracy than f=5 (the selection rule must pick f=2) and lies on the edge of the grid;
-- exp6 with one diverged trial at 1024;
+- exp5 with factor_lr in {10, 5, 2} per batch size: its Table I row keeps f=10 (the paper's row); the
+  extra row "best f by validation" chooses among all three; at 1024 the best-validation setting (f=2) has
+  a WORSE test accuracy than f=5 (the selection rule must pick f=2) and lies on the edge of the grid;
+- exp6 with one trial at 1024 that diverged at epoch 3 after two good epochs (issue 9.1: it reports the
+  best model seen before, tag bigbatch.diverged_epoch = 3);
+- the lr grid (bigbatch-lr-grid): exp1 at bs 32 with lr in {0.001, 0.003, 0.01, 0.03, 0.1}, where 0.03
+  has the best validation and 0.01 the best test accuracy, and 0.1 diverged in its first epoch;
 - no exp3 and no exp4 (absent experiments);
 - an Optuna search over factor_lr at 256, 512 and 1024;
 - a parent run per sweep.
@@ -43,6 +47,9 @@ EXP5 = {
 EXP6 = {32: 90.9, 64: 91.2, 128: 91.0, 256: 90.8, 512: 90.6, 1024: 89.6}
 OPTUNA = {256: {3.0: 90.1, 4.5: 90.6, 8.0: 89.0}, 512: {2.0: 89.5, 3.1: 90.4, 6.0: 88.0},
           1024: {1.5: 88.9, 2.2: 89.6, 4.0: 87.0}}
+# lr grid: lr -> (val, test); 0.1 diverged in its first epoch (chance level)
+LR_GRID = {0.001: (70.0, 69.5), 0.003: (80.0, 79.0), 0.01: (85.0, 85.5), 0.03: (85.4, 84.9), 0.1: (10.0, 10.0)}
+DIVERGED_AT = 3  # the exp6 trial at 1024 diverged at this epoch, after two good ones
 
 
 def _param_str(v):
@@ -81,7 +88,8 @@ def build_store(db: Path) -> str:
             parents[sweep] = run.info.run_id
         return parents[sweep]
 
-    def trial(name, bs, seed, val, test, status="completed", mlflow_name=None, search="grid", **overrides):
+    def trial(name, bs, seed, val, test, status="completed", mlflow_name=None, search="grid", diverged_at=None,
+              **overrides):
         exp = load_experiment(name)
         cfg = exp.run_config(bs, seed=seed, epochs=EPOCHS, **overrides)
         mlflow_name = mlflow_name or f"bigbatch-{name}"
@@ -105,15 +113,17 @@ def build_store(db: Path) -> str:
             client.set_tag(rid, "bigbatch.status", "failed")
             client.set_terminated(rid, "FAILED", end_time=tick())
             return rid
-        epochs = 2 if status == "diverged" else EPOCHS
+        epochs = diverged_at if status == "diverged" else EPOCHS
         metrics, best, best_epoch = [], -1.0, 0
         for e in range(1, epochs + 1):
             ts = tick(100)
-            if status == "diverged":
-                va, vl = 10.0, float("nan") if e == epochs else 2.303
+            if status == "diverged" and e == epochs:  # the diverging epoch: loss not finite, chance accuracy
+                va, vl = 10.0, float("nan")
+            elif status == "diverged":  # good epochs before it, the last one the best (= val)
+                va, vl = val - 3.0 * (epochs - 1 - e), 0.5
             else:  # rises towards val; the last epoch is the best
                 va, vl = val - 3.0 * (epochs - e), 0.3 + 0.2 * (epochs - e) + (100 - val) / 50
-            if va > best:
+            if va > best and not (status == "diverged" and e == epochs):  # a diverged epoch is never the best
                 best, best_epoch = va, e
             for key, value in {"train_loss": vl * 0.8, "train_acc": va + 2, "val_loss": vl, "val_acc": va,
                                "lr": cfg.scaled_lr, "momentum": 0.0, "epoch_seconds": 2.0 * bs / 32 + 1,
@@ -124,7 +134,12 @@ def build_store(db: Path) -> str:
         for key, value in {"best_val_acc": best, "best_epoch": best_epoch, "test_acc": test,
                            "test_loss": 0.5, "train_seconds": train_seconds}.items():
             metrics.append(Metric(key, value, ts, 0))
-        client.log_batch(rid, metrics=metrics, tags=[RunTag("bigbatch.status", status)])
+        if status == "diverged" and best_epoch == 0:  # no epoch finished: chance level
+            best = 10.0
+        tags = [RunTag("bigbatch.status", status)]
+        if status == "diverged":
+            tags.append(RunTag("bigbatch.diverged_epoch", str(diverged_at)))
+        client.log_batch(rid, metrics=metrics, tags=tags)
         client.set_terminated(rid, "FINISHED", end_time=tick())
         return rid
 
@@ -142,11 +157,42 @@ def build_store(db: Path) -> str:
             trial("exp5", bs, 0, val, test, factor_lr=f)
     for bs, acc in EXP6.items():
         trial("exp6", bs, 0, acc + 0.1, acc)
-    trial("exp6", 1024, 1, 10.0, 10.0, status="diverged")
+    trial("exp6", 1024, 1, 70.0, 69.0, status="diverged", diverged_at=DIVERGED_AT)
     for bs, grid in OPTUNA.items():
         for f, val in grid.items():
             trial("exp5", bs, 0, val, val - 0.2, mlflow_name="bigbatch-optuna-factor-lr", search="optuna", factor_lr=f)
+    for lr, (val, test) in LR_GRID.items():
+        diverged = lr == 0.1
+        trial("lr-grid", 32, 0, val, test, status="diverged" if diverged else "completed",
+              diverged_at=1 if diverged else None, lr=lr)
     return uri
+
+
+def md_rows(md: str) -> list[list[str]]:
+    """The rows of the first Markdown pipe table in ``md`` (header first, separator left out), cells stripped."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if not set(line) <= set("|:- "):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def squeeze(text: str) -> str:
+    """Runs of spaces as one (Markdown tables pad their columns)."""
+    import re
+
+    return re.sub(r" +", " ", text)
+
+
+def frame_run(rid, experiment="exp5", bs=1024, status="completed", val=0.0, test=0.0, seed=0, **params):
+    """One row of load_runs' DataFrame, as few columns as the table needs (no MLflow)."""
+    return {"mlflow_experiment": f"bigbatch-{experiment}", "role": "trial", "experiment": experiment,
+            "batch_size": bs, "dataset": "cifar10", "recipe": "text", "status": status, "best_val_acc": val,
+            "test_acc": test, "run_id": rid, "seed": seed, **params}
 
 
 # ============================================================================================ fixtures
@@ -173,7 +219,7 @@ def table(runs):
 def test_load_runs_is_tidy_and_typed(store, runs):
     from analysis.runs import COLUMNS, load_runs
 
-    assert len(runs) == 6 * 2 + 1 + 5 + 6 * 3 + 7 + 9  # trials only, one row each
+    assert len(runs) == 6 * 2 + 1 + 5 + 6 * 3 + 7 + 9 + 5  # trials only, one row each
     assert runs["run_id"].is_unique
     assert set(COLUMNS) <= set(runs.columns)
     assert (runs["role"] == "trial").all()
@@ -182,11 +228,15 @@ def test_load_runs_is_tidy_and_typed(store, runs):
     assert pd.api.types.is_float_dtype(runs["factor_lr"]) and pd.api.types.is_float_dtype(runs["test_acc"])
     assert pd.api.types.is_bool_dtype(runs["drop_last"])
     assert runs["milestones"].iloc[0] == (30, 60, 90)
-    assert set(runs["experiment"]) == {"exp1", "exp2", "exp5", "exp6"}
+    assert set(runs["experiment"]) == {"exp1", "exp2", "exp5", "exp6", "lr-grid"}
+    diverged = runs[runs["status"] == "diverged"].set_index("experiment")
+    assert diverged.loc["exp6", "diverged_epoch"] == DIVERGED_AT and diverged.loc["lr-grid", "diverged_epoch"] == 1
+    assert runs.loc[runs["status"] != "diverged", "diverged_epoch"].isna().all()
+    assert pd.api.types.is_integer_dtype(runs["diverged_epoch"])
     assert runs.loc[runs["experiment"] == "exp5", "paper_row"].iloc[0] == "GhostBatchNorm + CyclicLR"
     exp6 = runs[runs["experiment"] == "exp6"].sort_values("batch_size")
     assert exp6["scaled_factor_lr"].iloc[-1] == pytest.approx(10 * math.sqrt(32 / 1024))
-    assert len(load_runs(store, include_parents=True)) == len(runs) + 5  # one parent per sweep
+    assert len(load_runs(store, include_parents=True)) == len(runs) + 6  # one parent per sweep
     assert len(load_runs(store, experiments=["exp5"])) == 18
     assert len(load_runs(store, experiments=["bigbatch-optuna-factor-lr"])) == 9
     assert len(load_runs(store, recipe="authors-code")) == 0
@@ -208,53 +258,121 @@ def test_table_shape(table):
     from analysis.table import render
 
     assert table.rows == [f"exp{i}" for i in range(1, 7)]
+    assert table.extra_rows == ["exp5-best"]  # exp5 searched factor_lr: its best-by-validation row
     assert table.batch_sizes == [32, 64, 128, 256, 512, 1024]
     assert table.labels["exp4"] == "GhostBatchNorm + Linear Scaling Rule + Gradual Warmup"
-    md = render(table, "markdown").splitlines()
-    assert md[0].startswith("| experiment | 32 | 64 | 128 | 256 | 512 | 1024 | spread | gap |")
-    body = [line for line in md[2:8]]
-    assert [line.split(" | ")[0].lstrip("| ") for line in body] == [table.labels[e] for e in table.rows]
-    assert all(line.count(" | ") == 8 for line in body)
+    assert table.labels["exp5"] == "GhostBatchNorm + CyclicLR [f=10]"
+    assert table.labels["exp5-best"] == "GhostBatchNorm + CyclicLR, best f by validation"
+    md = render(table, "markdown")
+    rows = md_rows(md)
+    assert rows[0] == ["experiment", "32", "64", "128", "256", "512", "1024", "spread", "gap"]
+    assert [r[0] for r in rows[1:]] == [table.labels[e] for e in table.rows + ["exp5-best"]]  # the extra row last
+    assert all(len(r) == 9 for r in rows)
+
+
+def test_exp5_row_is_the_papers_f10_row(table):
+    """Issue 9.2: the exp5 row of Table I holds only f = 10 runs (the paper's row used f = 10 everywhere)."""
+    for bs, grid in EXP5.items():
+        c = table.cell("exp5", bs)
+        assert c.setting == {} and c.searched == {} and c.n_runs == 1 and not c.edge
+        assert c.test_acc == pytest.approx(grid[10][1]) and c.paper == pytest.approx(PAPER_EXP5[bs])
+    assert table.cell("exp5", 1024).diff == pytest.approx(82.5 - 82.79)
+
+
+PAPER_EXP5 = {32: 90.98, 64: 91.32, 128: 90.78, 256: 90.78, 512: 90.23, 1024: 82.79}
 
 
 def test_selection_is_by_validation_not_test(table):
-    c = table.cell("exp5", 1024)
+    c = table.cell("exp5-best", 1024)
     assert c.setting == {"factor_lr": 2.0}  # best validation (89.5) ...
     assert c.test_acc == pytest.approx(88.8)  # ... although f=5 has the better test accuracy (89.9)
     assert c.searched == {"factor_lr": [2.0, 5.0, 10.0]} and c.n_settings == 3 and c.n_runs == 3
-    assert table.cell("exp5", 32).setting == {"factor_lr": 5.0}
-    assert table.cell("exp5", 32).test_acc == pytest.approx(90.9)
+    assert table.cell("exp5-best", 32).setting == {"factor_lr": 5.0}
+    assert table.cell("exp5-best", 32).test_acc == pytest.approx(90.9)
+    assert table.cell("exp5-best", 32).experiment == "exp5"
+
+
+def test_best_row_compared_only_where_the_paper_searched(table):
+    """The extra row's paper number exists only at 1024 (the paper's best of f = 10, 5, 2: 89.87 with f = 2);
+    elsewhere the paper did not search f, so no difference is shown (never a searched cell against an
+    unsearched paper cell)."""
+    from analysis.table import PAPER_SEARCHED, paper_cell, render
+
+    assert PAPER_SEARCHED["exp5"][1024]["factor_lr"] == {10.0: 82.79, 5.0: 88.61, 2.0: 89.87}
+    assert paper_cell("exp5-best", 1024) == (89.87, {"factor_lr": 2.0})
+    for bs in (32, 64, 128, 256, 512):
+        c = table.cell("exp5-best", bs)
+        assert c.paper is None and c.diff is None and paper_cell("exp5-best", bs) == (None, {})
+    c = table.cell("exp5-best", 1024)
+    assert c.paper == pytest.approx(89.87) and c.paper_setting == {"factor_lr": 2.0}
+    assert c.diff == pytest.approx(88.8 - 89.87)
+    md = render(table, "markdown", paper=True)
+    best = next(r for r in md_rows(md) if r[0] == table.labels["exp5-best"])
+    assert best[1] == "90.90 [f=5] (-, -)"
+    assert best[6] == "88.80* [f=2] (89.87 [f=2], -1.07)"
+    assert best[7] == "2.40" and best[8] == "2.10"  # no paper spread/gap for a row the paper does not have
+    data = json.loads(render(table, "json", paper=True))["tables"][0]
+    row = next(r for r in data["rows"] if r["row"] == "exp5-best")
+    assert {b: c["diff"] is not None for b, c in row["cells"].items()} == {
+        "32": False, "64": False, "128": False, "256": False, "512": False, "1024": True}
+    import io
+
+    df = pd.read_csv(io.StringIO(render(table, "csv", paper=True))).set_index("row")
+    assert math.isnan(df.loc["exp5-best", "32_paper"]) and math.isnan(df.loc["exp5-best", "32_diff"])
+    assert df.loc["exp5-best", "1024_paper"] == pytest.approx(89.87)
+    assert df.loc["exp5-best", "1024_diff"] == pytest.approx(-1.07)
+    assert df.loc["exp5", "1024_paper"] == pytest.approx(82.79)
+
+
+def test_no_best_row_without_a_search():
+    """Runs of exp5 at f = 10 only: the paper's row alone, no extra row, the paper's label."""
+    from analysis.table import build_table, render
+
+    t = build_table(pd.DataFrame([frame_run("a", val=80.0, test=81.0, factor_lr=10.0)]))
+    assert t.extra_rows == [] and t.labels["exp5"] == "GhostBatchNorm + CyclicLR"
+    assert t.cell("exp5", 1024).test_acc == pytest.approx(81.0)
+    assert len(md_rows(render(t, "markdown"))) == 7
 
 
 def test_selection_rule_over_seeds_on_a_frame():
     """Pure: the setting with the best MEAN validation accuracy wins, not the single best run."""
     from analysis.table import build_table
 
-    rows = []
-    for i, (f, seed, val, test) in enumerate([(10.0, 0, 95.0, 95.0), (10.0, 1, 75.0, 70.0),  # mean val 85
-                                              (5.0, 0, 86.0, 80.0), (5.0, 1, 86.0, 82.0)]):  # mean val 86
-        rows.append({"mlflow_experiment": "bigbatch-exp5", "role": "trial", "experiment": "exp5", "batch_size": 256,
-                     "dataset": "cifar10", "recipe": "text", "status": "completed", "best_val_acc": val,
-                     "test_acc": test, "run_id": f"r{i}", "seed": seed, "factor_lr": f})
+    rows = [frame_run(f"r{i}", bs=256, val=val, test=test, seed=seed, factor_lr=f)
+            for i, (f, seed, val, test) in enumerate([(10.0, 0, 95.0, 95.0), (10.0, 1, 75.0, 70.0),  # mean val 85
+                                                      (5.0, 0, 86.0, 80.0), (5.0, 1, 86.0, 82.0)])]  # mean val 86
     t = build_table(pd.DataFrame(rows))
-    c = t.cell("exp5", 256)
+    c = t.cell("exp5-best", 256)
     assert c.setting == {"factor_lr": 5.0} and c.n_seeds == 2
     assert c.test_acc == pytest.approx(81.0) and c.test_std == pytest.approx(math.sqrt(2))
     assert c.edge == ["factor_lr"]  # 5 is the smallest of {5, 10}
     assert sorted(c.run_ids) == ["r2", "r3"]
+    paper_row = t.cell("exp5", 256)  # the f = 10 seeds only
+    assert sorted(paper_row.run_ids) == ["r0", "r1"] and paper_row.test_acc == pytest.approx(82.5)
 
 
-def test_a_diverged_setting_never_beats_a_finished_one():
-    """A diverged run reports chance-level validation accuracy (10%); a real run on a tiny validation
-    set can score below it, but the setting that trained must still be the one chosen."""
-    from analysis.table import build_table
+def test_a_diverged_run_ranks_by_its_best_validation_and_is_marked():
+    """Issue 9.1: a diverged run carries the best model it saw before diverging; it is ranked by that
+    validation accuracy like any other run (here it beats a completed setting) and its cell is marked."""
+    from analysis.table import build_table, render
 
-    rows = [{"mlflow_experiment": "bigbatch-exp5", "role": "trial", "experiment": "exp5", "batch_size": 1024,
-             "dataset": "cifar10", "recipe": "text", "status": status, "best_val_acc": val, "test_acc": test,
-             "run_id": rid, "seed": 0, "factor_lr": f}
-            for rid, f, status, val, test in (("a", 10.0, "diverged", 10.0, 10.0), ("b", 2.0, "completed", 9.0, 9.5))]
-    c = build_table(pd.DataFrame(rows)).cell("exp5", 1024)
-    assert c.setting == {"factor_lr": 2.0} and c.test_acc == pytest.approx(9.5) and not c.chosen_diverged
+    rows = [frame_run("a", status="diverged", val=88.0, test=87.5, factor_lr=10.0, diverged_epoch=40),
+            frame_run("b", status="completed", val=85.0, test=86.0, factor_lr=2.0, diverged_epoch=None)]
+    t = build_table(pd.DataFrame(rows))
+    c = t.cell("exp5-best", 1024)
+    assert c.setting == {"factor_lr": 10.0} and c.test_acc == pytest.approx(87.5)
+    assert c.chosen_diverged == 1 and c.diverged_epochs == [40] and c.n_diverged == 1
+    assert t.notes() == ["† exp5-best bs=1024: 1 of the 1 run(s) of the chosen setting diverged at epoch 40; "
+                         "best model before it", "† exp5 bs=1024: 1 of the 1 run(s) of the chosen setting diverged "
+                         "at epoch 40; best model before it"][::-1]
+    md = render(t, "markdown")
+    assert "87.50*† [f=10]" in md
+    assert "- † exp5-best bs=1024: 1 of the 1 run(s) of the chosen setting diverged at epoch 40; best model before it" in md
+    assert "best model it saw before diverging" in md  # the legend
+    # ... and a diverged setting with the lower validation accuracy loses like any other
+    rows[0]["best_val_acc"] = 60.0
+    c = build_table(pd.DataFrame(rows)).cell("exp5-best", 1024)
+    assert c.setting == {"factor_lr": 2.0} and not c.chosen_diverged and c.n_diverged == 1
 
 
 def test_other_varying_keys_are_settings_with_a_warning():
@@ -262,14 +380,13 @@ def test_other_varying_keys_are_settings_with_a_warning():
     settings, gets no edge mark, but a warning naming it."""
     from analysis.table import build_table
 
-    rows = [{"mlflow_experiment": "bigbatch-exp1", "role": "trial", "experiment": "exp1", "batch_size": 64,
-             "dataset": "cifar10", "recipe": "text", "status": "completed", "best_val_acc": val, "test_acc": test,
-             "run_id": rid, "seed": 0, "epochs": ep} for rid, ep, val, test in (("a", 10, 70.0, 71.0),
-                                                                                   ("b", 100, 85.0, 84.0))]
+    rows = [frame_run(rid, experiment="exp1", bs=64, val=val, test=test, epochs=ep)
+            for rid, ep, val, test in (("a", 10, 70.0, 71.0), ("b", 100, 85.0, 84.0))]
     t = build_table(pd.DataFrame(rows))
     c = t.cell("exp1", 64)
     assert c.setting == {"epochs": 100} and c.test_acc == pytest.approx(84.0) and c.edge == []
     assert any("runs differ in epochs (10, 100)" in w for w in t.warnings())
+    assert t.extra_rows == []
 
 
 def test_seeds_mean_std_and_unfinished(table):
@@ -285,11 +402,9 @@ def test_missing_cells_are_dashes(table):
 
     assert table.cell("exp2", 1024) is None
     assert all(table.cell("exp3", b) is None for b in table.batch_sizes)
-    md = render(table, "markdown").splitlines()
-    exp2 = next(line for line in md if line.startswith("| Scaled Epochs"))
-    assert exp2.split(" | ")[6] == "-"  # batch size 1024
-    exp3 = next(line for line in md if line.startswith("| GhostBatchNorm + Linear Scaling Rule |"))
-    assert exp3.count(" - ") + exp3.count(" -|") >= 6
+    rows = {r[0]: r for r in md_rows(render(table, "markdown"))}
+    assert rows["Scaled Epochs"][6] == "-"  # batch size 1024
+    assert rows["GhostBatchNorm + Linear Scaling Rule"][1:] == ["-"] * 8
 
 
 def test_spread_gap_and_paper_values(table):
@@ -311,7 +426,9 @@ def test_paper_comparison(table):
     md = render(table, "markdown", paper=True)
     assert "86.00 ± 0.71 (86.37, -0.37)" in md
     assert "46.00 (46.91, -0.91)" in md  # spread beside the paper's
-    assert "88.80* (82.79, +6.01)" in md  # exp5 at 1024: edge mark, paper, difference
+    assert "82.50 (82.79, -0.29)" in md  # exp5 at 1024: the f = 10 row against the paper's f = 10
+    assert "88.80* [f=2] (89.87 [f=2], -1.07)" in md  # the best-f row against the paper's best of its three
+    assert "- (88.22)" in md  # exp3: no run of ours
     plain = render(table, "markdown")
     assert "86.37" not in plain.split("\n\n")[0]
 
@@ -320,13 +437,17 @@ def test_edge_and_divergence_warnings(table):
     from analysis.table import render
 
     w = table.warnings()
-    assert any("exp5 bs=1024" in x and "factor_lr=2" in x and "smallest" in x for x in w)
-    assert not any("exp5 bs=32:" in x for x in w)  # f=5 is inside the grid
-    assert any("exp6 bs=1024" in x and "diverged" in x for x in w)
+    assert any("exp5-best bs=1024" in x and "factor_lr=2" in x and "smallest" in x for x in w)
+    assert not any("exp5-best bs=32:" in x for x in w)  # f=5 is inside the grid
+    assert not any(x.startswith("exp5 bs=") for x in w)  # the f = 10 row searched nothing
+    assert table.notes() == [f"† exp6 bs=1024: 1 of the 2 run(s) of the chosen setting diverged at epoch {DIVERGED_AT}; "
+                             "best model before it"]
     c = table.cell("exp6", 1024)
-    assert c.n_diverged == 1 and c.chosen_diverged == 1 and c.n_seeds == 2
-    assert c.test_acc == pytest.approx((89.6 + 10.0) / 2)  # diverged runs count with their accuracy
-    assert "†" in render(table, "markdown")
+    assert c.n_diverged == 1 and c.chosen_diverged == 1 and c.n_seeds == 2 and c.diverged_epochs == [DIVERGED_AT]
+    assert c.test_acc == pytest.approx((89.6 + 69.0) / 2)  # the diverged run counts with its best model before
+    md = render(table, "markdown")
+    assert "†" in next(r for r in md_rows(md) if r[0].startswith("GhostBatchNorm + CyclicLR + Custom"))[6]
+    assert f"- † exp6 bs=1024: 1 of the 2 run(s) of the chosen setting diverged at epoch {DIVERGED_AT}" in md
 
 
 def test_every_format_parses(table):
@@ -334,23 +455,29 @@ def test_every_format_parses(table):
 
     data = json.loads(render(table, "json", paper=True))
     t = data["tables"][0]
-    assert t["dataset"] == "cifar10" and t["recipe"] == "text" and len(t["rows"]) == 6
-    exp5 = next(r for r in t["rows"] if r["experiment"] == "exp5")
-    assert exp5["cells"]["1024"]["setting"] == {"factor_lr": 2.0}
-    assert exp5["cells"]["1024"]["paper"] == pytest.approx(82.79)
+    assert t["dataset"] == "cifar10" and t["recipe"] == "text" and len(t["rows"]) == 7
+    exp5 = next(r for r in t["rows"] if r["row"] == "exp5")
+    assert exp5["cells"]["1024"]["setting"] == {} and exp5["cells"]["1024"]["paper"] == pytest.approx(82.79)
+    best = next(r for r in t["rows"] if r["row"] == "exp5-best")
+    assert best["experiment"] == "exp5" and best["cells"]["1024"]["setting"] == {"factor_lr": 2.0}
+    assert best["cells"]["1024"]["paper"] == pytest.approx(89.87) and best["paper_spread"] is None
     assert next(r for r in t["rows"] if r["experiment"] == "exp2")["cells"]["1024"] is None
+    assert t["notes"] and t["warnings"]
     import io
 
     df = pd.read_csv(io.StringIO(render(table, "csv", paper=True)))
-    assert len(df) == 6 and list(df["experiment"]) == [f"exp{i}" for i in range(1, 7)]
+    assert len(df) == 7 and list(df["row"]) == [f"exp{i}" for i in range(1, 7)] + ["exp5-best"]
     exp1 = df.set_index("experiment").loc["exp1"]
     assert exp1["32"] == pytest.approx(86.0) and exp1["32_paper"] == pytest.approx(86.37)
     assert exp1["spread_paper"] == pytest.approx(46.91)
     assert math.isnan(df.set_index("experiment").loc["exp2", "1024"])
     latex = render(table, "latex", paper=True)
-    assert latex.count(r"\\") == 7 and r"\begin{tabular}" in latex and r"$\pm$" in latex
+    assert latex.count(r"\\") == 8 and r"\begin{tabular}" in latex and r"$\pm$" in latex  # header + 7 rows
+    assert r"\toprule" in latex and r"$^\dagger$" in latex
     md = render(table, "markdown")
-    assert md.splitlines()[1].startswith("| :--- | ---:")
+    import re
+
+    assert re.match(r"^\|:-+\|(-+:\|){8}$", md.splitlines()[1])  # first column left, the others right
 
 
 def test_several_recipes_give_several_tables(runs):
@@ -366,7 +493,55 @@ def test_several_recipes_give_several_tables(runs):
     assert build_table(both, recipe="authors-code").cell("exp5", 32) is None
     md = render(tables, "markdown")
     assert "### Table I: dataset=cifar10, recipe=authors-code" in md
-    assert len(pd.read_csv(__import__("io").StringIO(render(tables, "csv")))) == 12
+    assert len(pd.read_csv(__import__("io").StringIO(render(tables, "csv")))) == 6 + 7  # text: + exp5-best
+
+
+# ============================================================================================ lr grid
+def test_lr_grid_summary_chooses_by_validation():
+    """Issue 9.8 on a frame: per lr the mean over seeds; the lr with the best mean validation accuracy is
+    chosen (not the best test accuracy); a diverged run counts (with its best model before diverging)."""
+    from analysis.lr_grid import render_markdown, summarize
+
+    rows = []
+    for i, (lr, seed, status, val, test) in enumerate([
+            (0.001, 0, "completed", 70.0, 70.0), (0.01, 0, "completed", 84.0, 86.0),
+            (0.01, 1, "completed", 86.0, 86.4), (0.03, 0, "completed", 85.5, 84.0),
+            (0.03, 1, "diverged", 85.0, 84.2), (0.1, 0, "diverged", 10.0, 10.0), (0.1, 1, "failed", None, None)]):
+        rows.append(frame_run(f"g{i}", experiment="lr-grid", bs=32, status=status, val=val, test=test, seed=seed,
+                              lr=lr))
+    rows.append(frame_run("other", experiment="exp1", bs=32, val=99.0, test=99.0, lr=0.01))  # not the grid
+    s = summarize(pd.DataFrame(rows))
+    assert list(s["lr"]) == [0.001, 0.01, 0.03, 0.1]
+    assert list(s["n_runs"]) == [1, 2, 2, 1] and list(s["n_diverged"]) == [0, 0, 1, 1]  # the failed run: out
+    assert s.set_index("lr").loc[0.03, "best_val_acc"] == pytest.approx(85.25)
+    assert s.loc[s["chosen"], "lr"].tolist() == [0.03]  # 85.25 > 85.0, although 0.01 tests better
+    md = render_markdown(s)
+    assert "Chosen by validation accuracy: lr 0.03" in md and "paper chose lr 0.01 (a different choice)" in md
+    rows = md_rows(md)
+    assert rows[0] == ["lr", "runs", "best val. acc.", "test acc.", "chosen"]
+    assert rows[2] == ["0.01", "2", "85.00 ± 1.41", "86.20 ± 0.28", ""]
+    assert rows[3][1] == "2 (1 diverged)" and rows[3][4] == "by validation"
+    assert len(summarize(pd.DataFrame(rows[:0], columns=["mlflow_experiment"]))) == 0
+
+
+def test_lr_grid_is_not_a_table_row_and_the_cli_prints_it(store, runs, table, capsys):
+    from analysis.table import main
+
+    assert not any(c.experiment == "lr-grid" for c in table.cells.values())
+    assert table.cell("exp1", 32).n_runs == 2  # the lr-grid runs (exp1's config at bs 32) stay out of exp1
+    assert main(["--tracking-uri", store]) == 0
+    out = capsys.readouterr().out
+    assert "Learning-rate grid: exp1 at batch size 32" in out
+    grid = md_rows(out[out.index("Learning-rate grid"):])
+    assert [r[0] for r in grid[1:]] == ["0.001", "0.003", "0.01", "0.03", "0.1"]
+    assert grid[4][4] == "by validation" and grid[5][1] == "1 (1 diverged)"
+    assert "Chosen by validation accuracy: lr 0.03 (best val. acc. 85.40, test acc. 84.90); paper chose lr 0.01" in out
+    assert main(["--tracking-uri", store, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["lr"] for r in doc["lr_grid"] if r["chosen"]] == [0.03]
+    assert main(["--tracking-uri", store, "--sweep", "lr-grid-sweep"]) == 0  # lr-grid runs only: no Table I
+    out = capsys.readouterr().out
+    assert out.startswith("### Learning-rate grid") and "| experiment" not in out
 
 
 # ============================================================================================ figures
@@ -400,7 +575,9 @@ def test_best_factor_lr_of_optuna(runs):
     from analysis.figures import best_factor_lr, eq2_factor
 
     best = best_factor_lr(runs).set_index("batch_size")
-    assert best.loc[256, "factor_lr"] == pytest.approx(4.5) and best.loc[1024, "factor_lr"] == pytest.approx(2.2)
+    assert list(best.columns) == ["scaled_factor_lr", "best_val_acc", "test_acc", "n_trials", "n_stopped"]
+    assert best.loc[256, "scaled_factor_lr"] == pytest.approx(4.5)
+    assert best.loc[1024, "scaled_factor_lr"] == pytest.approx(2.2)
     assert best.loc[512, "n_trials"] == 3
     assert eq2_factor(1024) == pytest.approx(10 * math.sqrt(32 / 1024))
 
@@ -417,30 +594,37 @@ def test_report_written_and_links_resolve(store, tmp_path):
     md = md_path.read_text()
     html = (out / "report.html").read_text()
     for section in ("## Table I", "## Spread over batch sizes", "## Figures", "## Run counts", "## Training time",
-                    "## What is missing", "## Settings chosen by validation accuracy", "## Optuna search"):
+                    "## What is missing", "## Settings chosen by validation accuracy", "## Optuna search",
+                    "## Learning-rate grid"):
         assert section in md, section
     assert "exp3 (GhostBatchNorm + Linear Scaling Rule)" in md  # absent experiment reported
     assert "exp2: no finished run at batch size" not in md  # exp2 has no 1024 in its row: not missing
-    assert "run `exp1 bs=32 seed=2` (bigbatch-exp1) failed" in md and "| bigbatch-exp6 | 7 | 6 | 1 | 0 | 0 |" in md
+    assert "run `exp1 bs=32 seed=2` (bigbatch-exp1) failed" in md
+    assert "| bigbatch-exp6 | 7 | 6 | 1 | 0 | 0 |" in squeeze(md)
+    assert "| bigbatch-lr-grid | 5 | 4 | 1 | 0 | 0 |" in squeeze(md)
+    assert "paper chose lr 0.01" in md and "| exp5-best | 1024 | factor_lr=2 (edge) |" in squeeze(md)
+    assert f"† exp6 bs=1024: 1 of the 2 run(s) of the chosen setting diverged at epoch {DIVERGED_AT}" in md
+    assert "88.80* [f=2] (89.87 [f=2], -1.07)" in md  # Table I against the paper
     assert "`epochs` = 5 (the paper: 100)" in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert len(links) == 6
     for link in links:
         _check_png(out / link)
-    srcs = re.findall(r'<img src="([^"]+)"', html)
+    srcs = re.findall(r'<img [^>]*src="([^"]+)"', html)
     assert sorted(srcs) == sorted(links)
-    assert html.count("<table>") == len(re.findall(r"^\| :---", md, re.M)) == 6 and "<h2>Run counts</h2>" in html
+    assert html.count("<table>") == len(re.findall(r"^\|[-:|]+\|$", md, re.M)) == 7 and "<h2>Run counts</h2>" in html
     assert "Traceback" not in md
 
 
-def test_markdown_to_html():
-    from analysis.markdown import to_html
+def test_report_html_by_python_markdown():
+    from analysis.report import to_html
 
     html = to_html("# T\n\ntext with `a|b` and **bold**\n\n| a | b |\n| :--- | ---: |\n| 1 \\| 2 | x |\n\n"
-                   "- one\n- two\n\n![alt](figures/x.png)\n")
+                   "- one\n- two\n\n![alt](figures/x.png)\n", title="a <title>")
+    assert html.startswith("<!DOCTYPE html>") and "<title>a &lt;title&gt;</title>" in html and "<style>" in html
     assert "<h1>T</h1>" in html and "<code>a|b</code>" in html and "<strong>bold</strong>" in html
-    assert '<td style="text-align:left">1 | 2</td>' in html and "<li>two</li>" in html
-    assert '<img src="figures/x.png" alt="alt">' in html
+    assert '<td style="text-align: left;">1 | 2</td>' in html and "<li>two</li>" in html
+    assert '<img alt="alt" src="figures/x.png" />' in html
 
 
 # ============================================================================================ CLIs
@@ -450,7 +634,7 @@ def test_cli_table_formats(store, capsys):
     assert main(["--tracking-uri", store, "--format", "json", "--paper"]) == 0
     assert json.loads(capsys.readouterr().out)["tables"][0]["rows"][0]["label"] == "Baseline"
     assert main(["--tracking-uri", store, "--recipe", "text", "--dataset", "cifar10"]) == 0
-    assert capsys.readouterr().out.startswith("| experiment | 32 |")
+    assert squeeze(capsys.readouterr().out).startswith("| experiment | 32 |")
     assert main(["--tracking-uri", store, "--sweep", "exp2-sweep", "--format", "csv"]) == 0
     df = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out)).set_index("experiment")
     assert df.loc["exp2", "32"] == pytest.approx(86.5) and math.isnan(df.loc["exp1", "32"])
@@ -496,3 +680,23 @@ def test_cli_bad_store_exit_2_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "missing.db").exists()
     assert not (tmp_path / "figs").exists() and not (tmp_path / "rep").exists()
     assert junk.read_bytes() == b"not a database at all" * 10
+
+
+# ============================================================================================ layout
+def test_analysis_imports_only_the_core():
+    """Issue 13.1/13.5: analysis never imports sweeps, takes no other module's private names, and spells
+    no MLflow name itself (tags, experiment prefix: they come from bigbatch.schema)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "analysis"
+    for path in sorted(root.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.split(".")[0] == "sweeps" for a in node.names), path
+            elif isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] != "sweeps", path
+                assert not any(a.name.startswith("_") for a in node.names), (path, [a.name for a in node.names])
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert not node.value.startswith(("bigbatch.", "bigbatch-")), (path, node.value)
+    assert not (root / "markdown.py").exists()  # the HTML comes from Python-Markdown
