@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["isolated", "probe_gradient_norms", "noise_scale_terms", "NoiseScale", "hessian_top_eigenvalue"]
+__all__ = ["isolated", "probe_gradient_norms", "noise_scale_terms", "NoiseScale", "hessian_top_eigenvalue",
+           "NoiseScaleProbe", "sharpness"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -172,3 +173,63 @@ def hessian_top_eigenvalue(model: nn.Module, batches: Sequence[Batch], iters: in
             return new
         eig = new
     return eig
+
+
+# ---------------------------------------------------------------------------------------------- in a run
+class NoiseScaleProbe:
+    """The gradient noise scale of a training run, measured between its steps.
+
+    Each call draws ``k = max(2, images // batch_size)`` disjoint batches of the run's own batch size
+    from the training set (its own generator on the device, and its own augmentation callable, so the
+    run's data order and augmentation streams are untouched), measures ``|G_b|^2`` and ``|G_B|^2`` in
+    train mode (the run's BN and dropout) inside :func:`isolated`, and updates the EMA. Returns
+    ``(b_simple_ema, b_simple_raw)``.
+
+    ``data`` needs ``len()`` and ``get(idx) -> (x, y)`` (bigbatch.data.DeviceDataset).
+    """
+
+    def __init__(self, data, batch_size: int, images: int, seed: int, augment: Callable | None = None,
+                 decay: float = 0.9):
+        self.data, self.batch_size, self.augment = data, batch_size, augment
+        self.k = min(max(2, images // batch_size), len(data) // batch_size)
+        self.generator = torch.Generator(device=data.device)
+        self.generator.manual_seed(seed)
+        self.ema = NoiseScale(decay)
+
+    @property
+    def images(self) -> int:
+        """Images one probe spends (its cost, in units of training images: k batches, no optimizer step)."""
+        return self.k * self.batch_size
+
+    def __call__(self, model: nn.Module, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                 ) -> tuple[float, float]:
+        if self.k < 2:  # the training set holds fewer than two batches
+            return math.nan, math.nan
+        order = torch.randperm(len(self.data), generator=self.generator, device=self.data.device)
+        batches = []
+        for i in range(self.k):
+            x, y = self.data.get(order[i * self.batch_size:(i + 1) * self.batch_size])
+            batches.append((self.augment(x) if self.augment is not None else x, y))
+        with isolated(model):
+            model.train()
+            g2, trace = noise_scale_terms(*probe_gradient_norms(model, batches, autocast=autocast))
+        raw = trace / g2 if g2 > 0 else math.nan
+        return self.ema.update(g2, trace), raw
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "ema": self.ema.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"].cpu())
+        self.ema.load_state_dict(state["ema"])
+
+
+def sharpness(model: nn.Module, data, images: int, iters: int, seed: int, batch_size: int = 500) -> float:
+    """The Hessian's top eigenvalue of the training loss at ``model``, on the first ``images`` images of
+    ``data`` (a fixed subset), in eval mode, inside :func:`isolated` (the run is left as it was)."""
+    n = min(images, len(data))
+    idx = torch.arange(n, device=data.device)
+    batches = [data.get(idx[i:i + batch_size]) for i in range(0, n, batch_size)]
+    with isolated(model):
+        model.eval()
+        return hessian_top_eigenvalue(model, batches, iters=iters, generator=torch.Generator().manual_seed(seed))
