@@ -2,7 +2,8 @@
 
 The store is written by ``python -m sweeps.exp1 --smoke-test --batch-sizes 32 128 1024`` and
 ``python -m sweeps.exp5 --smoke-test --batch-sizes 32 1024`` (factor_lr in {10, 5, 2}: the nuisance
-choice). The table is checked against MLflow read directly with the MLflow client, independently of
+choice; Table I's exp5 row keeps the paper's f = 10, the extra row exp5-best chooses f by validation).
+The table is checked against MLflow read directly with the MLflow client, independently of
 analysis.runs.
 """
 
@@ -23,6 +24,19 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def md_rows(md: str) -> list[list[str]]:
+    """The rows of the first Markdown pipe table in ``md`` (header first, separator left out), cells stripped."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if not set(line) <= set("|:- "):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +87,21 @@ def test_smoke_sweep_table(sweep_store):
     assert t.rows == [f"exp{i}" for i in range(1, 7)] and t.batch_sizes == [32, 64, 128, 256, 512, 1024]
     # shape: six rows, six batch-size columns; exp1 at 32/128/1024 and exp5 at 32/1024, the rest '-'
     exp1_bs = [32, 128, 1024]
-    assert set(t.cells) == {("exp1", b) for b in exp1_bs} | {("exp5", 32), ("exp5", 1024)}
-    md = render(t, "markdown").splitlines()
-    assert len([x for x in md if x.startswith("| ")]) == 8
-    baseline = next(x for x in md if x.startswith("| Baseline |")).split(" | ")
+    assert set(t.cells) == {("exp1", b) for b in exp1_bs} | {(r, b) for r in ("exp5", "exp5-best") for b in (32, 1024)}
+    assert t.extra_rows == ["exp5-best"]
+    rows = md_rows(render(t, "markdown"))
+    assert len(rows) == 1 + 6 + 1  # header, the paper's six rows, exp5's best-f row
+    baseline = next(r for r in rows if r[0] == "Baseline")
     assert [baseline[i] == "-" for i in range(1, 7)] == [False, True, False, True, True, False]
+    # the exp5 row is the paper's: its f = 10 run only
+    for bs in (32, 1024):
+        f10 = truth[(truth["experiment"] == "exp5") & (truth["batch_size"] == bs) & (truth["factor_lr"] == 10.0)]
+        c = t.cell("exp5", bs)
+        assert c.run_ids == f10["run_id"].tolist() and c.test_acc == pytest.approx(f10["test_acc"].iloc[0])
     # the selection rule, checked against MLflow directly: best validation, never best test
     for bs in (32, 1024):
         cell_truth = truth[(truth["experiment"] == "exp5") & (truth["batch_size"] == bs)]
-        c = t.cell("exp5", bs)
+        c = t.cell("exp5-best", bs)
         assert c.searched == {"factor_lr": [2.0, 5.0, 10.0]} and c.n_runs == 3
         assert c.best_val_acc == pytest.approx(cell_truth["best_val_acc"].max())
         chosen = cell_truth[cell_truth["factor_lr"] == c.setting["factor_lr"]]
@@ -117,7 +137,7 @@ def test_smoke_sweep_cli_figures_report(sweep_store, tmp_path):
     import io
 
     df = pd.read_csv(io.StringIO(r.stdout))
-    assert len(df) == 6 and df.loc[df["experiment"] == "exp1", "32_paper"].iloc[0] == pytest.approx(86.37)
+    assert len(df) == 7 and df.loc[df["experiment"] == "exp1", "32_paper"].iloc[0] == pytest.approx(86.37)
 
     r = subprocess.run([sys.executable, "-m", "analysis.figures", "--tracking-uri", sweep_store, "--out",
                         str(tmp_path / "figs")], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
@@ -139,7 +159,7 @@ def test_smoke_sweep_cli_figures_report(sweep_store, tmp_path):
         assert (md_path.parent / link).stat().st_size > 15 * 1024
     assert "smoke-test" in md and "## What is missing" in md and "exp2 (Scaled Epochs)" in md
     assert "exp1: no finished run at batch size 64, 256, 512" in md
-    assert "| bigbatch-exp5 | 6 |" in md
+    assert "| bigbatch-exp5 | 6 |" in re.sub(r" +", " ", md)
     total = re.search(r"sum of `train_seconds`\): \*\*([0-9.]+) (s|min|h)\*\*", md)
     assert total and float(total.group(1)) > 0 and not math.isnan(float(total.group(1)))
     assert "<table>" in html_path.read_text()
