@@ -1,8 +1,9 @@
 """One report that reads on its own: ``python -m analysis.report [--tracking-uri URI] --out DIR``.
 
 Writes ``DIR/report.md``, ``DIR/report.html`` (the same content; figures linked by relative path)
-and ``DIR/figures/*.png``: Table I against the paper, the figures, the spread per experiment, which
-nuisance setting each cell chose, run counts, training time, and what is missing.
+and ``DIR/figures/*.png``: Table I against the paper, the figures, the spread per row, which
+nuisance setting each cell chose, the Optuna search, the lr grid, run counts, training time, and what
+is missing.
 
 The HTML is the Markdown rendered by Python-Markdown (its ``tables`` extension) in a small page.
 
@@ -12,12 +13,12 @@ Python API: ``write_report(tracking_uri, out_dir) -> Path`` (the Markdown file).
 from __future__ import annotations
 
 import datetime as dt
+import html
 import math
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import html
 import markdown
 import pandas as pd
 
@@ -33,7 +34,7 @@ from .table import (Table, build_tables, fmt_num, fmt_value, markdown_table, pap
                     render_markdown, table_runs)
 
 PAPER_SECONDS_PER_EPOCH_BS32 = 72 * 60 / 100  # the paper: 100 epochs at batch size 32 took 72 minutes
-PAPER_SETTING = {"epochs": 100, "train_subset": 0, "width_mult": 1.0, "val_size": 10000}
+PAPER_SCALE = {"epochs": 100, "train_subset": 0, "width_mult": 1.0, "val_size": 10000}
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1180px;
        margin: 2em auto; padding: 0 1em; color: #1f2328; line-height: 1.5; }
@@ -73,7 +74,7 @@ def _hours(seconds: float) -> str:
 def epoch_times(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     """Per run: epochs logged and seconds per epoch (mean of the logged epoch_seconds)."""
     es = history[history["metric"] == "epoch_seconds"]
-    per = es.groupby("run_id")["value"].agg(["count", "mean", "sum"])
+    per = es.groupby("run_id")["value"].agg(["count", "mean"])
     out = runs[["run_id", "experiment", "batch_size", "mlflow_experiment", "train_seconds", "status"]].copy()
     out["epochs_logged"] = out["run_id"].map(per["count"]).fillna(0).astype(int)
     fallback = out["train_seconds"] / out["epochs_logged"].where(out["epochs_logged"] > 0)
@@ -88,7 +89,7 @@ def _setting_text(setting: dict) -> str:
 def deviations(runs: pd.DataFrame) -> list[str]:
     """How the runs differ from the paper's setting (epochs, subset, width, dataset), one line each."""
     out = []
-    for key, paper in PAPER_SETTING.items():
+    for key, paper in PAPER_SCALE.items():
         if key in runs.columns:
             vals = sorted({fmt_value(v) for v in runs[key].dropna()})
             if vals and vals != [fmt_value(paper)]:
@@ -205,7 +206,7 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
         for r in best.itertuples():
             rows.append([str(r.batch_size), f"{r.n_trials} ({r.n_stopped})", f"{r.scaled_factor_lr:.3g}",
                          f"{eq2_factor(r.batch_size):.3g}", fmt_num(r.best_val_acc), fmt_num(r.test_acc)])
-        add(md_table(rows) + "\n")
+        add(md_table(rows, "rrrrrr") + "\n")
 
     grid = lr_grid.summarize(runs)
     if len(grid):

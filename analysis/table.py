@@ -216,7 +216,7 @@ class Table:
         for (r, b), c in self._ordered(self.cells):
             if c.chosen_diverged:
                 at = ", ".join(map(str, c.diverged_epochs)) or "?"
-                out.append(f"† {r} bs={b}: {c.chosen_diverged} of the {c.n_seeds} run(s) of the chosen setting "
+                out.append(f"† {r} bs={b}: {c.chosen_diverged} of the {c.n_seeds} runs of the chosen setting "
                            f"diverged at epoch {at}; best model before it")
         return out
 
@@ -357,14 +357,14 @@ def build_tables(runs: pd.DataFrame, batch_sizes: Sequence[int] | None = None) -
 
 
 # ---------------------------------------------------------------------------------------- frames
-def cell_text(c: Cell | None, paper: bool = False, pm: str = "±", row: str = "", batch_size: int = 0) -> str:
+def cell_text(c: Cell | None, paper: bool = False, row: str = "", batch_size: int = 0) -> str:
     """'88.51 ± 0.12' ('*' on the edge of the grid, '†' when the chosen setting diverged, '[f=2]' in a
     best-by-validation row); with ``paper``, '(paper, ours - paper)' after it."""
     best_row = (c.row if c is not None else row).endswith(BEST_SUFFIX)
     if c is None:
         text = "-"
     else:
-        text = fmt_num(c.test_acc) + (f" {pm} {c.test_std:.2f}" if c.test_std is not None else "")
+        text = fmt_num(c.test_acc) + (f" ± {c.test_std:.2f}" if c.test_std is not None else "")
         text += ("*" if c.edge else "") + ("†" if c.chosen_diverged else "")
         text += (" " + fmt_setting(c.setting)) if best_row and c.setting else ""
     if paper:

@@ -363,12 +363,12 @@ def test_a_diverged_run_ranks_by_its_best_validation_and_is_marked():
     c = t.cell("exp5-best", 1024)
     assert c.setting == {"factor_lr": 10.0} and c.test_acc == pytest.approx(87.5)
     assert c.chosen_diverged == 1 and c.diverged_epochs == [40] and c.n_diverged == 1
-    assert t.notes() == ["† exp5-best bs=1024: 1 of the 1 run(s) of the chosen setting diverged at epoch 40; "
-                         "best model before it", "† exp5 bs=1024: 1 of the 1 run(s) of the chosen setting diverged "
+    assert t.notes() == ["† exp5-best bs=1024: 1 of the 1 runs of the chosen setting diverged at epoch 40; "
+                         "best model before it", "† exp5 bs=1024: 1 of the 1 runs of the chosen setting diverged "
                          "at epoch 40; best model before it"][::-1]
     md = render(t, "markdown")
     assert "87.50*† [f=10]" in md
-    assert "- † exp5-best bs=1024: 1 of the 1 run(s) of the chosen setting diverged at epoch 40; best model before it" in md
+    assert "- † exp5-best bs=1024: 1 of the 1 runs of the chosen setting diverged at epoch 40; best model before it" in md
     assert "best model it saw before diverging" in md  # the legend
     # ... and a diverged setting with the lower validation accuracy loses like any other
     rows[0]["best_val_acc"] = 60.0
@@ -441,14 +441,14 @@ def test_edge_and_divergence_warnings(table):
     assert any("exp5-best bs=1024" in x and "factor_lr=2" in x and "smallest" in x for x in w)
     assert not any("exp5-best bs=32:" in x for x in w)  # f=5 is inside the grid
     assert not any(x.startswith("exp5 bs=") for x in w)  # the f = 10 row searched nothing
-    assert table.notes() == [f"† exp6 bs=1024: 1 of the 2 run(s) of the chosen setting diverged at epoch {DIVERGED_AT}; "
+    assert table.notes() == [f"† exp6 bs=1024: 1 of the 2 runs of the chosen setting diverged at epoch {DIVERGED_AT}; "
                              "best model before it"]
     c = table.cell("exp6", 1024)
     assert c.n_diverged == 1 and c.chosen_diverged == 1 and c.n_seeds == 2 and c.diverged_epochs == [DIVERGED_AT]
     assert c.test_acc == pytest.approx((89.6 + 69.0) / 2)  # the diverged run counts with its best model before
     md = render(table, "markdown")
     assert "†" in next(r for r in md_rows(md) if r[0].startswith("GhostBatchNorm + CyclicLR + Custom"))[6]
-    assert f"- † exp6 bs=1024: 1 of the 2 run(s) of the chosen setting diverged at epoch {DIVERGED_AT}" in md
+    assert f"- † exp6 bs=1024: 1 of the 2 runs of the chosen setting diverged at epoch {DIVERGED_AT}" in md
 
 
 def test_every_format_parses(table):
@@ -604,7 +604,7 @@ def test_report_written_and_links_resolve(store, tmp_path):
     assert "| bigbatch-exp6 | 7 | 6 | 1 | 0 | 0 |" in squeeze(md)
     assert "| bigbatch-lr-grid | 5 | 4 | 1 | 0 | 0 |" in squeeze(md)
     assert "paper chose lr 0.01" in md and "| exp5-best | 1024 | factor_lr=2 (edge) |" in squeeze(md)
-    assert f"† exp6 bs=1024: 1 of the 2 run(s) of the chosen setting diverged at epoch {DIVERGED_AT}" in md
+    assert f"† exp6 bs=1024: 1 of the 2 runs of the chosen setting diverged at epoch {DIVERGED_AT}" in md
     assert "88.80* [f=2] (89.87 [f=2], -1.07)" in md  # Table I against the paper
     assert "`epochs` = 5 (the paper: 100)" in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
