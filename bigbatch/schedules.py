@@ -1,8 +1,11 @@
 """Learning-rate and momentum schedules as pure functions of the global optimizer step.
 
-``lr_schedule(cfg, steps_per_epoch)(s)`` is the learning rate used by optimizer step ``s`` (0-based,
-counted over the whole run); ``momentum_schedule`` likewise for SGD momentum. Nothing here holds
-state, so resuming from a checkpoint needs only the step counter (nanoGPT's ``get_lr`` style).
+``lr_schedule(cfg, steps_per_epoch, full_batches)(s)`` is the learning rate used by optimizer step ``s``
+(0-based, counted over the whole run); ``momentum_schedule`` likewise for SGD momentum.
+``steps_per_epoch`` is the number of optimizer steps in an epoch (with ``drop_last`` false, the short
+last batch is one of them); ``full_batches`` the number of full batches in an epoch, ``n_train //
+batch_size``, which only the cyclic half-period counts (the authors' ``12 * (40000 // bs)``). Nothing here
+holds state, so resuming from a checkpoint needs only the step counter (nanoGPT's ``get_lr`` style).
 
 The formulas are torch's own, re-implemented in closed form (tests/test_schedules.py compares them,
 step by step, with the torch schedulers they stand for):
@@ -20,7 +23,9 @@ step by step, with the torch schedulers they stand for):
   ``warmup_epochs == 0`` means no warmup.
 * ``cyclic`` (experiments 5, 6): ``CyclicLR(base_lr=lr / f, max_lr=lr * f)`` with ``lr =
   cfg.scaled_lr``, ``f = cfg.scaled_factor_lr``, ``step_size_up = step_size_down =
-  max(1, round(cfg.cyclic_step_epochs * steps_per_epoch))`` (Python's round), mode
+  max(1, round(cfg.cyclic_step_epochs * full_batches))`` (Python's round): half a cycle is 12 epochs
+  of *full* batches, as the authors' code (468 steps at bs 1024 on 40,000 images, while an epoch is
+  40 steps with its short last batch, so the cycle drifts against the epochs as theirs did), mode
   ``cfg.cyclic_mode`` (``exp_range`` with ``gamma = cfg.cyclic_gamma``), torch's default
   scale_mode (``cycle`` for triangular/triangular2, ``iterations`` for exp_range). Step ``s`` has
   the lr CyclicLR holds after ``s`` calls of ``scheduler.step()`` (construction sets step 0: base_lr).
@@ -47,14 +52,16 @@ def epoch_of(step: int, steps_per_epoch: int) -> int:
     return step // steps_per_epoch
 
 
-def cyclic_step_size(cfg: Any, steps_per_epoch: int) -> int:
-    """CyclicLR's step_size_up (= step_size_down) in optimizer steps: half a cycle."""
-    return max(1, round(cfg.cyclic_step_epochs * steps_per_epoch))
+def cyclic_step_size(cfg: Any, full_batches: int) -> int:
+    """CyclicLR's step_size_up (= step_size_down) in optimizer steps: half a cycle, counted in epochs of
+    full batches (``full_batches = n_train // batch_size``)."""
+    _check_positive("full_batches", full_batches)
+    return max(1, round(cfg.cyclic_step_epochs * full_batches))
 
 
-def lr_schedule(cfg: Any, steps_per_epoch: int) -> Callable[[int], float]:
+def lr_schedule(cfg: Any, steps_per_epoch: int, full_batches: int) -> Callable[[int], float]:
     """step (0-based, global) -> learning rate of that optimizer step, for RunConfig ``cfg``."""
-    _check_spe(steps_per_epoch)
+    _check_positive("steps_per_epoch", steps_per_epoch)
     lr = cfg.scaled_lr
     if cfg.schedule == "constant":
         return partial(_constant, value=lr)
@@ -71,24 +78,24 @@ def lr_schedule(cfg: Any, steps_per_epoch: int) -> Callable[[int], float]:
         )
     if cfg.schedule == "cyclic":
         f = cfg.scaled_factor_lr
-        return partial(_cyclic, **_cyclic_shape(cfg, steps_per_epoch), low=lr / f, high=lr * f, rising=True)
+        return partial(_cyclic, **_cyclic_shape(cfg, full_batches), low=lr / f, high=lr * f, rising=True)
     raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: constant, warmup_step, cyclic")
 
 
-def momentum_schedule(cfg: Any, steps_per_epoch: int) -> Callable[[int], float]:
+def momentum_schedule(cfg: Any, steps_per_epoch: int, full_batches: int) -> Callable[[int], float]:
     """step (0-based, global) -> SGD momentum of that optimizer step, for RunConfig ``cfg``."""
-    _check_spe(steps_per_epoch)
+    _check_positive("steps_per_epoch", steps_per_epoch)
     if cfg.schedule == "cyclic" and cfg.cycle_momentum:
         return partial(
-            _cyclic, **_cyclic_shape(cfg, steps_per_epoch), low=cfg.base_momentum, high=cfg.max_momentum, rising=False
+            _cyclic, **_cyclic_shape(cfg, full_batches), low=cfg.base_momentum, high=cfg.max_momentum, rising=False
         )
     return partial(_constant, value=cfg.momentum)
 
 
 # ---------------------------------------------------------------------------- the formulas
-def _check_spe(steps_per_epoch: int) -> None:
-    if not isinstance(steps_per_epoch, int) or isinstance(steps_per_epoch, bool) or steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_step(step: int) -> None:
@@ -120,9 +127,9 @@ def _warmup_step(
     return lr * warm * decay
 
 
-def _cyclic_shape(cfg: Any, steps_per_epoch: int) -> dict[str, Any]:
+def _cyclic_shape(cfg: Any, full_batches: int) -> dict[str, Any]:
     return {
-        "step_size": cyclic_step_size(cfg, steps_per_epoch),
+        "step_size": cyclic_step_size(cfg, full_batches),
         "mode": cfg.cyclic_mode,
         "gamma": cfg.cyclic_gamma,
     }

@@ -155,12 +155,14 @@ def setup(cfg: RunConfig, device: torch.device | None = None, data: DataSplits |
     data = data or load_data(cfg, device)
     n = len(data.train)
     require_batch_fits(cfg.batch_size, n)  # the virtual batch is checked by RunConfig itself
-    steps_per_epoch = n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
+    full_batches = n // cfg.batch_size  # the cyclic half-period counts these (authors' code: 12 * (40000 // bs))
+    steps_per_epoch = full_batches if cfg.drop_last else math.ceil(n / cfg.batch_size)
 
     model = build_model(cfg, data.num_classes, data.in_channels).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    lr_at, momentum_at = lr_schedule(cfg, steps_per_epoch), momentum_schedule(cfg, steps_per_epoch)
+    lr_at = lr_schedule(cfg, steps_per_epoch, full_batches)
+    momentum_at = momentum_schedule(cfg, steps_per_epoch, full_batches)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=lr_at(0),

@@ -4,7 +4,9 @@ Each case builds the torch reference exactly as a training loop would (an SGD op
 dummy parameter, the scheduler(s) stepped per iteration or per epoch as the recipe says), records
 the lr and momentum that every optimizer step would use, and compares the pure functions with it
 over the whole run and, explicitly, at steps b-1, b, b+1 of every boundary (end of warmup, each
-milestone, each half-cycle turn and cycle end). Small steps_per_epoch keep it fast.
+milestone, each half-cycle turn and cycle end). Small steps_per_epoch keep it fast. CyclicLR's
+step_size_up is built from the number of FULL batches per epoch (the authors' ``12 * (40000 // bs)``),
+which is one less than steps_per_epoch when the short last batch is kept (drop_last false).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from bigbatch.schedules import cyclic_step_size, epoch_of, lr_schedule, momentum
 BASE = RunConfig(lr=0.01, batch_size=256, base_batch_size=32, lr_scaling="linear", epochs=8)  # scaled lr 0.08
 
 
-def torch_reference(cfg: RunConfig, spe: int, n_steps: int) -> tuple[list[float], list[float]]:
-    """(lr, momentum) used by optimizer steps 0..n_steps-1 according to torch's schedulers."""
+def torch_reference(cfg: RunConfig, spe: int, n_steps: int, full: int | None = None) -> tuple[list[float], list[float]]:
+    """(lr, momentum) used by optimizer steps 0..n_steps-1 according to torch's schedulers; ``spe``
+    optimizer steps per epoch, ``full`` of them full batches (default: all)."""
+    full = spe if full is None else full
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=cfg.scaled_lr, momentum=cfg.momentum)
     per_iteration = True
@@ -48,7 +52,7 @@ def torch_reference(cfg: RunConfig, spe: int, n_steps: int) -> tuple[list[float]
             opt,
             base_lr=lr / f,
             max_lr=lr * f,
-            step_size_up=round(cfg.cyclic_step_epochs * spe),
+            step_size_up=round(cfg.cyclic_step_epochs * full),
             mode=cfg.cyclic_mode,
             gamma=cfg.cyclic_gamma,
             cycle_momentum=cfg.cycle_momentum,
@@ -69,19 +73,19 @@ def torch_reference(cfg: RunConfig, spe: int, n_steps: int) -> tuple[list[float]
     return lrs, moms
 
 
-def boundaries(cfg: RunConfig, spe: int, n_steps: int) -> list[int]:
+def boundaries(cfg: RunConfig, spe: int, n_steps: int, full: int) -> list[int]:
     """Steps where the schedule changes regime."""
     if cfg.schedule == "warmup_step":
         b = [cfg.warmup_epochs * spe] + [m * spe for m in cfg.milestones]
     elif cfg.schedule == "cyclic":
-        half = cyclic_step_size(cfg, spe)
+        half = cyclic_step_size(cfg, full)
         b = list(range(half, n_steps + 1, half))
     else:
         b = [spe * e for e in range(1, cfg.total_epochs)]
     return [x for x in b if 0 < x < n_steps - 1]
 
 
-# name, RunConfig changes, steps_per_epoch
+# name, RunConfig changes, steps_per_epoch[, full batches per epoch when the last batch is short]
 CASES = [
     ("constant", dict(schedule="constant"), 3),
     ("constant-momentum", dict(schedule="constant", momentum=0.9), 7),
@@ -143,6 +147,32 @@ CASES = [
         dict(schedule="cyclic", cyclic_mode="triangular2", cyclic_step_epochs=1, factor_lr_scaling="sqrt"),
         3,
     ),
+    # drop_last false: a short last batch is a step of its own, but the half-cycle counts full batches
+    (
+        "cyclic-triangular2-short-last-batch",
+        dict(schedule="cyclic", cyclic_mode="triangular2", cyclic_step_epochs=2, factor_lr=10),
+        4, 3,
+    ),
+    (
+        "cyclic-triangular2-momentum-short-last-batch",
+        dict(schedule="cyclic", cyclic_mode="triangular2", cyclic_step_epochs=1, cycle_momentum=True),
+        8, 7,
+    ),
+    (
+        "cyclic-exp-range-fractional-short-last-batch",
+        dict(schedule="cyclic", cyclic_mode="exp_range", cyclic_gamma=0.97, cyclic_step_epochs=4 / 3, factor_lr=3),
+        5, 3,
+    ),
+    (
+        "warmup-per-iteration-short-last-batch",
+        dict(schedule="warmup_step", warmup_epochs=2, milestones=[3, 5, 7], gamma=0.1, warmup_per_iteration=True),
+        4, 3,
+    ),
+    (
+        "warmup-per-epoch-short-last-batch",
+        dict(schedule="warmup_step", warmup_epochs=2, milestones=[3, 5, 7], gamma=0.1, warmup_per_iteration=False),
+        4, 3,
+    ),
 ]
 
 
@@ -150,19 +180,20 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
 
 
-@pytest.mark.parametrize("name,changes,spe", CASES, ids=[c[0] for c in CASES])
-def test_matches_torch_scheduler(name, changes, spe):
+@pytest.mark.parametrize("name,changes,spe,full", [(*c, c[2]) if len(c) == 3 else c for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_matches_torch_scheduler(name, changes, spe, full):
     cfg = BASE.replace(**changes)
     n_steps = cfg.total_epochs * spe
-    ref_lr, ref_mom = torch_reference(cfg, spe, n_steps)
-    lr_fn, mom_fn = lr_schedule(cfg, spe), momentum_schedule(cfg, spe)
+    ref_lr, ref_mom = torch_reference(cfg, spe, n_steps, full)
+    lr_fn, mom_fn = lr_schedule(cfg, spe, full), momentum_schedule(cfg, spe, full)
     ours_lr = [lr_fn(s) for s in range(n_steps)]
     ours_mom = [mom_fn(s) for s in range(n_steps)]
     for s in range(n_steps):
         assert _close(ours_lr[s], ref_lr[s]), f"{name}: lr at step {s}: {ours_lr[s]} != torch {ref_lr[s]}"
         assert _close(ours_mom[s], ref_mom[s]), f"{name}: momentum at step {s}: {ours_mom[s]} != torch {ref_mom[s]}"
     # explicitly on both sides of every boundary
-    bs = boundaries(cfg, spe, n_steps)
+    bs = boundaries(cfg, spe, n_steps, full)
     assert bs, f"{name}: the run is too short to cross a boundary"
     for b in bs:
         for s in (b - 1, b, b + 1):
@@ -176,14 +207,14 @@ def test_warmup_boundaries_land_where_the_recipe_says():
     """Not only equal to torch: the warmup ends and the decays happen at the intended steps."""
     spe = 7
     cfg = BASE.replace(schedule="warmup_step", warmup_epochs=2, milestones=[3, 5, 7], gamma=0.1)
-    lr = lr_schedule(cfg, spe)
+    lr = lr_schedule(cfg, spe, spe)
     assert lr(0) == pytest.approx(0.01)  # the unscaled base lr
     assert lr(2 * spe - 1) < 0.08 and lr(2 * spe) == pytest.approx(0.08)  # per iteration: reached at step 14
     assert lr(2 * spe - 1) == pytest.approx(0.01 + 0.07 * 13 / 14)
     for k, m in enumerate([3, 5, 7]):
         assert lr(m * spe - 1) == pytest.approx(0.08 * 0.1**k)
         assert lr(m * spe) == pytest.approx(0.08 * 0.1 ** (k + 1))
-    per_epoch = lr_schedule(cfg.replace(warmup_per_iteration=False), spe)
+    per_epoch = lr_schedule(cfg.replace(warmup_per_iteration=False), spe, spe)
     assert [per_epoch(s) for s in range(spe)] == [pytest.approx(0.01)] * spe  # flat within an epoch
     assert per_epoch(spe) == pytest.approx(0.045) and per_epoch(2 * spe - 1) == pytest.approx(0.045)
     assert per_epoch(2 * spe) == pytest.approx(0.08)
@@ -192,7 +223,7 @@ def test_warmup_boundaries_land_where_the_recipe_says():
 def test_cyclic_turns_where_the_recipe_says():
     spe = 3
     cfg = BASE.replace(schedule="cyclic", cyclic_mode="triangular2", cyclic_step_epochs=1, factor_lr=10, cycle_momentum=True)
-    lr, mom = lr_schedule(cfg, spe), momentum_schedule(cfg, spe)
+    lr, mom = lr_schedule(cfg, spe, spe), momentum_schedule(cfg, spe, spe)
     lo, hi = 0.008, 0.8
     assert lr(0) == pytest.approx(lo) and mom(0) == pytest.approx(0.9)
     assert lr(3) == pytest.approx(hi) and mom(3) == pytest.approx(0.8)  # first peak, momentum trough
@@ -202,54 +233,69 @@ def test_cyclic_turns_where_the_recipe_says():
     assert lr(15) == pytest.approx(lo + (hi - lo) / 4)
 
 
+def test_cyclic_half_period_counts_full_batches():
+    """A half-cycle of 2 epochs on 3 full batches + 1 short one per epoch: 6 steps, not 8; the peak
+    falls inside epoch 2 (steps 4..7), at step 6."""
+    cfg = BASE.replace(schedule="cyclic", cyclic_mode="triangular", cyclic_step_epochs=2, factor_lr=10)
+    assert cyclic_step_size(cfg, 3) == 6
+    lr = lr_schedule(cfg, 4, 3)
+    assert lr(5) < lr(6) > lr(7) and lr(6) == pytest.approx(0.8) and lr(12) == pytest.approx(0.008)
+
+
 def test_paper_exp5_bs1024_bounds_and_full_run():
-    """exp5 at bs 1024: lr 0.32, f 10 -> CyclicLR between 0.032 and 3.2, 12-epoch half cycles."""
+    """exp5 at bs 1024: lr 0.32, f 10 -> CyclicLR between 0.032 and 3.2; half a cycle is
+    12 * (40000 // 1024) = 468 steps, while an epoch is 40 steps (39 full batches + the last 64 images)."""
     cfg = load_experiment("exp5").run_config(batch_size=1024)
-    assert cfg.scaled_lr == pytest.approx(0.32) and cfg.scaled_factor_lr == 10
-    spe = 40000 // 1024  # 39 with drop_last
-    lr = lr_schedule(cfg, spe)
-    half = 12 * spe
-    assert cyclic_step_size(cfg, spe) == half == 468
+    assert cfg.scaled_lr == pytest.approx(0.32) and cfg.scaled_factor_lr == 10 and not cfg.drop_last
+    spe, full = math.ceil(40000 / 1024), 40000 // 1024
+    assert (spe, full) == (40, 39)
+    lr = lr_schedule(cfg, spe, full)
+    half = 12 * full
+    assert cyclic_step_size(cfg, full) == half == 468  # the authors' 12 * (40000 // bs)
     assert lr(0) == pytest.approx(0.032)
+    assert lr(half - 1) < lr(half) > lr(half + 1)
     assert lr(half) == pytest.approx(3.2)
     assert lr(2 * half) == pytest.approx(0.032)
     assert lr(3 * half) == pytest.approx(0.032 + (3.2 - 0.032) / 2)  # triangular2: second peak 1.616
     assert lr(5 * half) == pytest.approx(0.032 + (3.2 - 0.032) / 4)
-    assert momentum_schedule(cfg, spe)(half) == 0.0  # text recipe: no momentum
+    assert momentum_schedule(cfg, spe, full)(half) == 0.0  # text recipe: no momentum
     # the authors' code: torch's default cycle_momentum=True; compare the whole 100-epoch run
     code = load_experiment("exp5", recipe="authors-code").run_config(batch_size=1024)
     assert code.cycle_momentum
     n = code.total_epochs * spe
-    ref_lr, ref_mom = torch_reference(code, spe, n)
-    lr_c, mom_c = lr_schedule(code, spe), momentum_schedule(code, spe)
+    ref_lr, ref_mom = torch_reference(code, spe, n, full)
+    lr_c, mom_c = lr_schedule(code, spe, full), momentum_schedule(code, spe, full)
     assert all(_close(lr_c(s), ref_lr[s]) for s in range(n))
     assert all(_close(mom_c(s), ref_mom[s]) for s in range(n))
     assert mom_c(0) == pytest.approx(0.9) and mom_c(half) == pytest.approx(0.8)
 
 
 @pytest.mark.parametrize(
-    "bs,f", [(32, 10.0), (64, 7.0711), (128, 5.0), (256, 3.5355), (512, 2.5), (1024, 1.7678)]
+    "bs,f,half", [(32, 10.0, 15000), (64, 7.0711, 7500), (128, 5.0, 3744), (256, 3.5355, 1872), (512, 2.5, 936),
+                  (1024, 1.7678, 468)]
 )
-def test_paper_exp6_eq2_factors(bs, f):
-    """exp6, eq. 2: f = 10 * sqrt(32 / bs) -> 10, 7.07, 5, 3.54, 2.5, 1.77; bounds lr/f .. lr*f."""
+def test_paper_exp6_eq2_factors(bs, f, half):
+    """exp6, eq. 2: f = 10 * sqrt(32 / bs) -> 10, 7.07, 5, 3.54, 2.5, 1.77; bounds lr/f .. lr*f; the
+    first peak at 12 * (40000 // bs) steps."""
     cfg = load_experiment("exp6").run_config(batch_size=bs)
     assert cfg.scaled_factor_lr == pytest.approx(f, abs=1e-4)
-    spe = 40000 // bs
-    lr = lr_schedule(cfg, spe)
+    spe, full = math.ceil(40000 / bs), 40000 // bs
+    assert cyclic_step_size(cfg, full) == half == 12 * (40000 // bs)
+    lr = lr_schedule(cfg, spe, full)
     scaled = 0.01 * bs / 32
     assert lr(0) == pytest.approx(scaled / f, rel=1e-4)
-    assert lr(12 * spe) == pytest.approx(scaled * f, rel=1e-4)
+    assert lr(half) == pytest.approx(scaled * f, rel=1e-4)
 
 
 def test_paper_exp4_full_run_matches_torch():
-    """exp4 at bs 1024, both recipes, the whole 100 epochs against LinearLR + MultiStepLR."""
-    spe = 40000 // 1024
+    """exp4 at bs 1024, both recipes, the whole 100 epochs of 40 steps against LinearLR + MultiStepLR."""
+    spe, full = math.ceil(40000 / 1024), 40000 // 1024
     for recipe in ("text", "authors-code"):
         cfg = load_experiment("exp4", recipe=recipe).run_config(batch_size=1024)
         assert cfg.warmup_per_iteration == (recipe == "text")
         n = cfg.total_epochs * spe
-        ref_lr, _ = torch_reference(cfg, spe, n)
-        lr = lr_schedule(cfg, spe)
+        ref_lr, _ = torch_reference(cfg, spe, n, full)
+        lr = lr_schedule(cfg, spe, full)
         assert all(_close(lr(s), ref_lr[s]) for s in range(n)), recipe
         assert lr(0) == pytest.approx(0.01)
         assert lr(5 * spe) == pytest.approx(0.32)
@@ -258,7 +304,9 @@ def test_paper_exp4_full_run_matches_torch():
 
 def test_epoch_of_and_input_checks():
     assert [epoch_of(s, 3) for s in range(7)] == [0, 0, 0, 1, 1, 1, 2]
+    with pytest.raises(ValueError, match="steps_per_epoch must be a positive integer"):
+        lr_schedule(BASE, 0, 0)
     with pytest.raises(ValueError):
-        lr_schedule(BASE, 0)
-    with pytest.raises(ValueError):
-        lr_schedule(BASE, 3)(-1)
+        lr_schedule(BASE, 3, 3)(-1)
+    with pytest.raises(ValueError, match="full_batches must be a positive integer"):
+        lr_schedule(BASE.replace(schedule="cyclic"), 1, 0)
