@@ -50,6 +50,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cyclic_mode": ("triangular", "triangular2", "exp_range"),
     "norm": ("none", "batch", "ghost"),
     "precision": ("fp32", "bf16"),
+    "augment_interpolation": ("nearest", "bilinear"),
 }
 
 
@@ -62,7 +63,7 @@ class RunConfig:
     # ---- data ----
     dataset: str = "cifar10"  # cifar10 | cifar100 | fashion-mnist | synthetic
     data_dir: str = "data"  # directory holding (or receiving) the dataset files
-    download: bool = True  # download CIFAR when missing (torchvision's URL + md5); False: fail if missing
+    download: bool = True  # download CIFAR or Fashion-MNIST when missing (torchvision: URL + md5); False: fail if missing
     val_size: int = 10000  # images held out of the training set for validation (paper: 10k of 50k)
     split_seed: int = 42  # seed of the train/val split (42 in the authors' code)
     train_subset: int = 0  # use only the first N training images after the split; 0 = all
@@ -105,7 +106,8 @@ class RunConfig:
     rotate_p: float = 0.5  # probability of a rotation (the text; authors' code: 1.0)
     rotate_degrees: float = 15.0  # rotation drawn uniformly in +-degrees
     translate_p: float = 0.5  # probability of a translation (the text; authors' code: 1.0)
-    translate_frac: float = 0.1  # translation drawn uniformly in +-fraction of the side, per axis
+    translate_frac: float = 0.1  # translation up to +-fraction of the side per axis, in whole pixels (torchvision)
+    augment_interpolation: str = "nearest"  # nearest (torchvision's default, the authors' code) | bilinear
     augment_val: bool = False  # augment the validation set too (the text: a held-out split; authors' code: True)
 
     # ---- the loop ----
