@@ -6,7 +6,7 @@ one on CUDA, ``--epochs`` epochs at ``--batch-size``) is timed three ways, one a
 1. ``standalone``: ``bigbatch.train.train(cfg, report=...)`` in this process, no checkpoints;
 2. ``standalone+ckpt``: the same with ``checkpoint_dir`` (last.pt + best_model.pt every epoch);
 3. ``ray``: one trial of a real sweep, through the sweeps package's Python API
-   (``sweeps.runner.run_sweep(SweepOptions("exp1", ...))``: Ray Tune, per-epoch checkpoints handed to
+   (``sweeps.runner.run_sweep(SweepOptions(load_experiment("exp1"), ...))``: Ray Tune, per-epoch checkpoints handed to
    Tune, MLflow logging of every epoch to a SQLite store), with ``--cpus-per-trial`` / ``--gpus-per-trial``.
    ``--mode tuner`` instead builds a minimal ``ray.tune.Tuner`` with a function trainable that calls
    ``bigbatch.train.train`` and reports every epoch with its checkpoint and plain MLflow logging:
@@ -115,12 +115,13 @@ def _summarise_ray(rows: list[dict], wall: float, extra: dict) -> dict:
 
 
 def run_sweeps(cfg: RunConfig, args, workdir: Path) -> dict:
+    from bigbatch.experiments import load_experiment
     from sweeps.runner import SweepOptions, run_sweep
 
     overrides = {k: v for k, v in cfg.to_dict().items()
                  if k in ("dataset", "download", "synthetic_size", "val_size", "width_mult", "epochs", "eval_batch_size", "device", "seed")}
     opts = SweepOptions(
-        experiment="exp1", batch_sizes=[cfg.batch_size], overrides=overrides, cpus_per_trial=args.cpus_per_trial,
+        experiment=load_experiment("exp1"), batch_sizes=[cfg.batch_size], overrides=overrides, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, storage_path=str(workdir / "ray_results"), name="ray-overhead",
         tracking_uri="sqlite:///" + str(workdir / "mlflow.db"), num_cpus=os.cpu_count(), verbose=0,
     )

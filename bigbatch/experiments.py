@@ -1,10 +1,11 @@
-"""The paper's six experiments, declared once as data (``bigbatch/configs/expN.json``).
+"""The paper's six experiments (and its lr grid search), declared once as data (``bigbatch/configs/*.json``).
 
 Each file is a small diff: ``extends`` names its parent experiment, ``config`` holds the RunConfig
 keys it changes, ``authors-code`` the keys that recipe changes on top (after the shared
 ``authors-code.json``), ``search`` the nuisance grid a sweep explores (e.g. factor_lr in exp5), and
 ``batch_sizes`` the batch sizes of its Table I row. The sweeps build their search spaces from these
-same declarations.
+same declarations. ``TABLE_EXPERIMENTS`` are Table I's rows (exp1..exp6); ``EXPERIMENTS`` every declared
+experiment: those plus ``lr-grid``, the paper's learning-rate grid search on the baseline at bs 32.
 
     exp = load_experiment("exp5", recipe="authors-code")
     cfg = exp.run_config(batch_size=1024, factor_lr=2)
@@ -12,7 +13,6 @@ same declarations.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from typing import Any
 from .config import CHOICES, ConfigError, RunConfig, eq2, read_json
 
 CONFIG_DIR = Path(__file__).with_name("configs")
-EXPERIMENTS = tuple(f"exp{i}" for i in range(1, 7))
+TABLE_EXPERIMENTS = tuple(f"exp{i}" for i in range(1, 7))  # the rows of the paper's Table I
+EXPERIMENTS = (*TABLE_EXPERIMENTS, "lr-grid")  # every declared experiment (bigbatch/configs/<name>.json)
 RECIPES = CHOICES["recipe"]
 PAPER_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 
@@ -37,8 +38,8 @@ PAPER_TABLE: dict[str, dict[int, float | None]] = {
 
 @dataclass(frozen=True)
 class Experiment:
-    name: str  # exp1..exp6
-    label: str  # the paper's row label in Table I
+    name: str  # exp1..exp6, lr-grid
+    label: str  # the paper's row label in Table I (lr-grid: a description)
     recipe: str  # text | authors-code
     batch_sizes: tuple[int, ...]  # batch sizes of its Table I row
     config: dict[str, Any] = field(hash=False)  # RunConfig keys, resolved through `extends` and the recipe
@@ -113,18 +114,8 @@ def load_config(path: str | Path | None = None, recipe: str = "text", overrides:
     if isinstance(data, dict) and "config" in data:
         if p.resolve().parent == CONFIG_DIR.resolve() and p.stem in EXPERIMENTS:
             return load_experiment(p.stem, recipe).run_config(**overrides)
-        raise ConfigError(f"{p} looks like an experiment declaration; only bigbatch/configs/exp1..exp6.json are")
+        raise ConfigError(f"{p} looks like an experiment declaration; only those in bigbatch/configs/ are ({', '.join(EXPERIMENTS)})")
     if not isinstance(data, dict):
         raise ConfigError(f"{p} must hold a JSON object of config keys")
     return RunConfig.from_dict({**data, **overrides})
 
-
-def describe() -> str:
-    """A human-readable listing of every experiment and recipe (for --help texts and the README)."""
-    lines = []
-    for name in EXPERIMENTS:
-        exp = load_experiment(name)
-        lines.append(f"{name}: {exp.label}; batch sizes {list(exp.batch_sizes)}; config {json.dumps(exp.config)}")
-        if exp.search:
-            lines.append(f"  searched: {json.dumps({k: list(v) for k, v in exp.search.items()})}")
-    return "\n".join(lines)

@@ -1,11 +1,13 @@
-"""The one CLI of every experiment: ``python -m sweeps.exp1`` .. ``python -m sweeps.exp6``.
+"""The one CLI of every grid sweep: ``python -m sweeps.exp1`` .. ``python -m sweeps.exp6``, ``python -m sweeps.lr_grid``.
 
     python -m sweeps.exp5 --gpus-per-trial 0.5
     python -m sweeps.exp6 --smoke-test
     python -m sweeps.exp5 --resume            # the latest exp5 sweep in --storage-path
+    python -m sweeps.lr_grid --search lr=[0.005,0.01,0.02]
 
-Python API: ``main("exp6", ["--smoke-test"]) -> exit code`` (0 ok, 1 some trials errored,
-2 bad input before any trial, 130 interrupted). See docs/sweeps.md.
+The experiment is resolved once here (``load_experiment(name, recipe)``) into the ``Experiment`` the
+runner and the search space take. Python API: ``main("exp6", ["--smoke-test"]) -> exit code`` (0 ok,
+1 some trials errored, 2 bad input before any trial, 130 interrupted). See docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import argparse
 import sys
 from typing import Any
 
+from bigbatch.schema import mlflow_experiment
 from bigbatch.config import ConfigError, OneLineArgumentParser, RunConfig, parse_set, read_json
-from bigbatch.experiments import RECIPES, load_experiment
+from bigbatch.experiments import RECIPES, Experiment, load_experiment
 
 from .runner import SweepError, SweepOptions, run_sweep
 from .tracking import TrackingError
@@ -25,20 +28,22 @@ SWEEP_KEYS = {
     "batch_sizes", "seeds", "search", "smoke_test", "gpus_per_trial", "cpus_per_trial", "storage_path", "name",
     "tracking_uri", "address", "max_concurrent", "max_failures", "checkpoint_every", "keep_checkpoints", "recipe",
     "epochs", "dataset", "data_dir", "set",
-}
+}  # (resume, num_cpus and quiet are command-line only)
 RUNCONFIG_KEYS = set(RunConfig.__dataclass_fields__)
 
 
-def build_parser(experiment: str) -> argparse.ArgumentParser:
-    try:
-        exp = load_experiment(experiment)
-        about = f"{experiment}: {exp.label}. Batch sizes {list(exp.batch_sizes)}" + (
-            f"; searched: {', '.join(f'{k} in {list(v)}' for k, v in exp.search.items())}" if exp.search else "")
-    except ConfigError:
-        about = experiment
+def module_name(exp: Experiment) -> str:
+    """``python -m sweeps.<this>`` runs the experiment: exp5 -> exp5, lr-grid -> lr_grid."""
+    return exp.name.replace("-", "_")
+
+
+def build_parser(exp: Experiment) -> argparse.ArgumentParser:
+    about = f"{exp.name}: {exp.label}. Batch sizes {list(exp.batch_sizes)}" + (
+        f"; searched: {', '.join(f'{k} in {list(v)}' for k, v in exp.search.items())}" if exp.search else "")
     p = OneLineArgumentParser(  # argparse errors: one line `error: ...`, exit 2
-        prog=f"python -m sweeps.{experiment}",
-        description=f"Ray Tune sweep of the paper's {about}. Logs to MLflow; resumable; see docs/sweeps.md.",
+        prog=f"python -m sweeps.{module_name(exp)}",
+        description=f"Ray Tune sweep of the paper's {about}. Logs to MLflow experiment {mlflow_experiment(exp.name)}; "
+                    "resumable; see docs/sweeps.md.",
     )
     g = p.add_argument_group("what to train")
     g.add_argument("--batch-sizes", type=int, nargs="+", metavar="BS", help="batch sizes (default: the experiment's Table I row)")
@@ -48,6 +53,8 @@ def build_parser(experiment: str) -> argparse.ArgumentParser:
     g.add_argument("--recipe", choices=RECIPES, default=None, help="text (default): as the paper says; authors-code: as its code did")
     g.add_argument("--seeds", type=int, metavar="K", help="repeat every point with K seeds (seed .. seed+K-1; default 1)")
     g.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override any RunConfig key (values parsed as JSON)")
+    g.add_argument("--search", nargs="+", default=[], metavar="KEY=[V,...]",
+                   help="the searched grid, replacing the experiment's (e.g. --search lr=[0.005,0.01,0.02]; values parsed as JSON)")
     g.add_argument("--config", metavar="SWEEP.JSON", help="a JSON object of sweep options and/or RunConfig keys (docs/sweeps.md)")
     g.add_argument("--smoke-test", action="store_true", default=None, help="narrow model, a few hundred synthetic images, 1-3 epochs")
     r = p.add_argument_group("resources and cluster")
@@ -67,8 +74,18 @@ def build_parser(experiment: str) -> argparse.ArgumentParser:
     return p
 
 
-def options_from_args(experiment: str, args: argparse.Namespace) -> SweepOptions:
-    """Merge defaults < --config file < command-line flags into SweepOptions (ConfigError on bad input)."""
+def parse_search(pairs: list[str]) -> dict[str, list[Any]]:
+    """``--search key=[v1,v2] ...`` -> {key: [v1, v2]} (ConfigError unless every value is a non-empty list)."""
+    search = parse_set(pairs)
+    for key, values in search.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"--search {key}=... needs a JSON list of values, e.g. {key}=[1,2]")
+    return search
+
+
+def options_from_args(exp: Experiment, args: argparse.Namespace) -> SweepOptions:
+    """Merge defaults < --config file < command-line flags into SweepOptions (ConfigError on bad input);
+    the experiment is resolved with the chosen recipe."""
     file_opts: dict[str, Any] = {}
     file_cfg: dict[str, Any] = {}
     if args.config:
@@ -113,13 +130,14 @@ def options_from_args(experiment: str, args: argparse.Namespace) -> SweepOptions
     search = file_opts.get("search")
     if search is not None and not (isinstance(search, dict) and all(isinstance(v, list) for v in search.values())):
         raise ConfigError(f"{args.config}: 'search' must map RunConfig keys to lists of values")
+    if args.search:
+        search = {**(search or {}), **parse_search(args.search)}
     for key, kind in (("seeds", int), ("max_failures", int), ("checkpoint_every", int)):
         v = pick(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
             raise ConfigError(f"{key} must be an integer, got {v!r}")
     return SweepOptions(
-        experiment=experiment,
-        recipe=recipe,
+        experiment=exp if recipe == exp.recipe else load_experiment(exp.name, recipe),
         batch_sizes=[int(b) for b in batch_sizes] if batch_sizes is not None else None,
         seeds=int(seeds),
         overrides=overrides,
@@ -142,10 +160,11 @@ def options_from_args(experiment: str, args: argparse.Namespace) -> SweepOptions
 
 
 def main(experiment: str, argv: list[str] | None = None) -> int:
-    """Run the sweep of ``experiment`` with command-line ``argv``; returns the exit code."""
-    args = build_parser(experiment).parse_args(argv)
+    """Run the sweep of the experiment named ``experiment`` with command-line ``argv``; returns the exit code."""
+    exp = load_experiment(experiment)
+    args = build_parser(exp).parse_args(argv)
     try:
-        opts = options_from_args(experiment, args)
+        opts = options_from_args(exp, args)
         result = run_sweep(opts)
     except (ConfigError, SweepError, TrackingError) as e:  # TrackingError: e.g. a URI without a scheme
         print(f"error: {e}", file=sys.stderr, flush=True)
@@ -157,5 +176,5 @@ def main(experiment: str, argv: list[str] | None = None) -> int:
 
 
 def entry(experiment: str) -> None:
-    """``if __name__ == "__main__": entry("exp5")`` in sweeps/expN.py."""
+    """``if __name__ == "__main__": entry("exp5")`` in sweeps/expN.py and sweeps/lr_grid.py."""
     sys.exit(main(experiment))

@@ -1,33 +1,37 @@
-"""Run (or resume) one sweep: checks first, then Ray Tune, with MLflow set up on the driver.
+"""Run (or resume) one grid sweep: checks first, then Ray Tune, with MLflow set up on the driver.
 
+    from bigbatch.experiments import load_experiment
     from sweeps.runner import SweepOptions, run_sweep
-    result = run_sweep(SweepOptions("exp6", smoke_test=True, storage_path="/tmp/rr", tracking_uri="sqlite:////tmp/m.db"))
+    result = run_sweep(SweepOptions(load_experiment("exp6"), smoke_test=True, storage_path="/tmp/rr",
+                                    tracking_uri="sqlite:////tmp/m.db"))
     result.exit_code, result.name, result.tracking_uri, result.parent_run_id
 
 Every user error (bad config, resources the cluster lacks, unreachable address or tracking server,
-unwritable storage, nothing to resume) raises ``SweepError`` with one line, before any trial starts;
-``sweeps.cli`` turns it into exit code 2.
+unwritable storage, nothing to resume) raises ``SweepError`` (or ``ConfigError``, or
+``sweeps.tracking.TrackingError`` for the tracking store) with one line, before any trial starts;
+``sweeps.cli`` turns it into exit code 2. The checks, the Ray session and the trial
+table are public: ``sweeps.optuna_factor_lr`` drives its searches with the same ones.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from bigbatch.config import ConfigError
-from bigbatch.experiments import EXPERIMENTS
+from bigbatch.config import ConfigError, RunConfig
+from bigbatch.experiments import Experiment, load_experiment
 
-from .space import SweepSpace, build_space, trial_dirname, trial_label, trial_run_config
-from .tracking import TrackingError, check_tracking, default_tracking_uri, finish_sweep, git_commit, normalize_tracking_uri, setup_sweep
+from .space import SweepContext, SweepSpace, TrialNames, build_space, trial_run_config
+from .tracking import check_tracking, close_sweep, open_sweep, reopen_sweep
 
-SWEEP_FILE = "bigbatch_sweep.json"  # in the sweep's directory: the options, to resume with
+SWEEP_FILE = "bigbatch_sweep.json"  # in the sweep's directory: its options and trial context, to resume with
 
 
 class SweepError(RuntimeError):
@@ -36,18 +40,17 @@ class SweepError(RuntimeError):
 
 @dataclass
 class SweepOptions:
-    experiment: str  # exp1..exp6
-    recipe: str = "text"
+    experiment: Experiment  # resolved with its recipe: bigbatch.experiments.load_experiment(name, recipe)
     batch_sizes: list[int] | None = None  # None: the experiment's (Table I row)
     seeds: int = 1  # repeats of every point, seeds seed..seed+K-1
     overrides: dict[str, Any] = field(default_factory=dict)  # RunConfig keys (--config, --set, --epochs, ...)
-    search: dict[str, list[Any]] | None = None  # None: the experiment's search grid (exp5: factor_lr)
+    search: dict[str, list[Any]] | None = None  # None: the experiment's grid (exp5: factor_lr; lr-grid: lr)
     smoke_test: bool = False
     gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cpus_per_trial: float = 1.0
     storage_path: str | None = None  # None: ./ray_results
     name: str | None = None  # None: <exp>-<recipe>[-smoke]-<UTC time>
-    tracking_uri: str | None = None  # None: sqlite:///<cwd>/mlflow.db
+    tracking_uri: str | None = None  # None: bigbatch.schema.default_tracking_uri() (sqlite:///<cwd>/mlflow.db)
     address: str | None = None  # an existing Ray cluster; None: start one here
     num_cpus: int | None = None  # local Ray only: CPUs to give it (default: all)
     max_concurrent: int | None = None
@@ -58,7 +61,14 @@ class SweepOptions:
     verbose: int = 1  # 0 quiet, 1 trial table, 2 + Tune's own messages
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(experiment=self.experiment.name, recipe=self.experiment.recipe)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "SweepOptions":
+        d = dict(d)
+        return cls(load_experiment(d.pop("experiment"), d.pop("recipe")), **d)
 
 
 @dataclass
@@ -87,7 +97,7 @@ def check_storage(path: Path) -> None:
     except OSError as e:
         raise SweepError(f"storage path {path} is not writable ({e.strerror or e})") from None
     finally:
-        for p in created:  # made again by _run once every check has passed
+        for p in created:  # made again once every check has passed
             try:
                 p.rmdir()
             except OSError:
@@ -107,23 +117,26 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         raise SweepError(f"cannot reach the Ray cluster at --address {address} ({getattr(e, 'strerror', None) or e})") from None
 
 
-def check_resources(cpus: float, gpus: float) -> None:
-    """Raise SweepError when no alive node can fit one trial (Tune would leave it PENDING forever)."""
+def check_resources(cpus: float, gpus: float | None) -> float:
+    """GPUs per trial (None: 1 when the cluster has GPUs, else 0); SweepError when no alive node can fit
+    one trial (Tune would leave it PENDING forever). Needs a Ray session."""
     import ray
 
+    total = ray.cluster_resources()
+    total_gpus, total_cpus = total.get("GPU", 0.0), total.get("CPU", 0.0)
+    if gpus is None:
+        gpus = 1.0 if total_gpus > 0 else 0.0
     if gpus > 1 and gpus != int(gpus):
         raise SweepError(f"--gpus-per-trial {gpus:g}: fractional values must be below 1 (Ray packs trials on one GPU)")
     if cpus < 0 or gpus < 0:
         raise SweepError("--cpus-per-trial and --gpus-per-trial must be >= 0")
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    total = ray.cluster_resources()
-    total_gpus, total_cpus = total.get("GPU", 0.0), total.get("CPU", 0.0)
     if gpus > 0 and total_gpus == 0:
         raise SweepError(f"--gpus-per-trial {gpus:g} but the Ray cluster has 0 GPUs (use --gpus-per-trial 0 to train on CPUs)")
     if cpus > 0 and total_cpus == 0:
         raise SweepError(f"--cpus-per-trial {cpus:g} but the Ray cluster has 0 CPUs")
     if any(r.get("CPU", 0.0) >= cpus and r.get("GPU", 0.0) >= gpus for r in nodes):
-        return
+        return gpus
     max_gpu = max((r.get("GPU", 0.0) for r in nodes), default=0.0)
     max_cpu = max((r.get("CPU", 0.0) for r in nodes), default=0.0)
     if gpus > max_gpu:
@@ -146,12 +159,14 @@ def ray_environment() -> None:
         os.environ["RAY_TMPDIR"] = "/tmp"
 
 
-def connect_ray(address: str | None, num_cpus: int | None, verbose: int) -> bool:
-    """Start or join Ray; returns True when this call started it (so it should shut it down)."""
+@contextmanager
+def ray_session(address: str | None, num_cpus: int | None, verbose: int) -> Iterator[None]:
+    """Start or join Ray for the block (an already initialised session is used and left running)."""
     import ray
 
     if ray.is_initialized():
-        return False
+        yield
+        return
     ray_environment()
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True, logging_level="WARNING" if verbose < 2 else "INFO")
     if address:
@@ -163,26 +178,15 @@ def connect_ray(address: str | None, num_cpus: int | None, verbose: int) -> bool
     else:
         # "local": a new Ray instance, never a `ray start` cluster someone else left on this machine
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
-    return True
-
-
-# ---------------------------------------------------------------------------------------------- naming
-def _trial_name(trial) -> str:
     try:
-        return trial_label(trial_run_config(trial.config)).replace(" ", "_")
-    except Exception:
-        return str(trial)
+        yield
+    finally:
+        ray.shutdown()
 
 
-def _trial_dirname(trial) -> str:
-    try:
-        return trial_dirname(trial_run_config(trial.config), trial.trial_id)
-    except Exception:
-        return trial.trial_id
-
-
-def default_name(experiment: str, recipe: str, smoke: bool) -> str:
-    return f"{experiment}-{recipe}{'-smoke' if smoke else ''}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+# ---------------------------------------------------------------------------------------------- naming, state
+def default_name(exp: Experiment, smoke: bool) -> str:
+    return f"{exp.name}-{exp.recipe}{'-smoke' if smoke else ''}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
 def repair_tune_state(path: Path) -> None:
@@ -235,15 +239,17 @@ def latest_sweep(storage: Path, experiment: str) -> str | None:
     return max(candidates)[1] if candidates else None
 
 
-def reporter(search_keys: list[str]):
+def reporter(searched: list[str], cyclic: bool):
+    """Tune's trial table: bs, seed and the searched keys (configured values), epoch, val_acc, lr, img/s,
+    and ``f``, the CyclicLR factor after eq. 2 (``scaled_factor_lr``), for cyclic schedules."""
     from ray.tune import CLIReporter
 
-    params = {"batch_size": "bs", "seed": "seed"}
-    for key in search_keys:
-        params[key] = {"factor_lr": "f"}.get(key, key)
+    metrics = {"epoch": "epoch", "val_acc": "val_acc", "lr": "lr", "images_per_second": "img/s"}
+    if cyclic:
+        metrics["scaled_factor_lr"] = "f"
     return CLIReporter(
-        metric_columns={"epoch": "epoch", "val_acc": "val_acc", "lr": "lr", "images_per_second": "img/s"},
-        parameter_columns=params,
+        metric_columns=metrics,
+        parameter_columns={"batch_size": "bs", "seed": "seed", **{k: k for k in searched}},
         max_report_frequency=15,
         max_progress_rows=40,
         sort_by_metric=False,
@@ -251,81 +257,76 @@ def reporter(search_keys: list[str]):
 
 
 # ---------------------------------------------------------------------------------------------- the sweep
-def run_sweep(opts: SweepOptions, train_fn: Callable[..., dict[str, Any]] | None = None) -> SweepResult:
-    """Run or resume one sweep; raises SweepError (or ConfigError) before any trial on bad input."""
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep resolved and checked, before Ray starts."""
+
+    opts: SweepOptions  # on resume: the saved options (only where Ray runs and the verbosity may change)
+    space: SweepSpace
+    name: str
+    path: Path  # the Tune experiment directory: storage/name
+    tracking_uri: str
+    context: SweepContext | None = None  # a resumed sweep's trial context, from its sweep file
+
+    @property
+    def storage(self) -> Path:
+        return self.path.parent
+
+
+def plan_sweep(opts: SweepOptions) -> SweepPlan:
+    """Resolve the name, the saved options of a resumed sweep and the space; every check Ray is not needed for."""
     from ray import tune
 
-    if opts.experiment not in EXPERIMENTS:
-        raise ConfigError(f"unknown experiment {opts.experiment!r}; valid: {', '.join(EXPERIMENTS)}")
+    exp = opts.experiment
     storage = Path(opts.storage_path or "ray_results").expanduser().resolve()
-    saved: dict[str, Any] | None = None
+    context = None
     if opts.resume:
-        name = opts.name or (latest_sweep(storage, opts.experiment) if storage.is_dir() else None)
+        name = opts.name or (latest_sweep(storage, exp.name) if storage.is_dir() else None)
         path = storage / (name or "")
         if not name or not tune.Tuner.can_restore(str(path)):
-            raise SweepError(f"nothing to resume: no {opts.experiment} sweep {'named ' + repr(opts.name) + ' ' if opts.name else ''}in {storage}")
+            named = f"named {opts.name!r} " if opts.name else ""
+            raise SweepError(f"nothing to resume: no {exp.name} sweep {named}in {storage}")
         try:
             saved = json.loads((path / SWEEP_FILE).read_text())
-        except (OSError, ValueError):
-            raise SweepError(f"nothing to resume: {path} holds no {SWEEP_FILE} (not a bigbatch sweep)") from None
-        base = SweepOptions(**saved["options"])
-        # Tuner.restore brings back the trials (with their resources) and the Tune configs from the sweep
-        # directory; only where Ray runs (--address, --num-cpus) and the verbosity may change on resume.
-        for key in ("address", "num_cpus", "verbose"):
-            value = getattr(opts, key)
-            if value is not None and value != getattr(SweepOptions(opts.experiment), key):
-                setattr(base, key, value)
-        opts = dataclasses.replace(base, resume=True, name=name, storage_path=str(storage))
+            resumed = SweepOptions.from_json(saved["options"])
+            context = SweepContext.from_json(saved["context"])  # the same context as the trials had: Tune restores only their params
+        except (OSError, ValueError, KeyError, TypeError):
+            raise SweepError(f"cannot resume {path}: its {SWEEP_FILE} is missing or from another bigbatch version") from None
+        # Tuner.restore brings back the trials (with their resources) and their params from the sweep directory;
+        # only where Ray runs (--address, --num-cpus) and the verbosity may change on resume.
+        defaults = SweepOptions(exp)
+        changed = {k: getattr(opts, k) for k in ("address", "num_cpus", "verbose") if getattr(opts, k) != getattr(defaults, k)}
+        opts = replace(resumed, **changed, resume=True, name=name, storage_path=str(storage))
+        uri = context.run.tracking_uri
     else:
-        name = opts.name or default_name(opts.experiment, opts.recipe, opts.smoke_test)
+        name = opts.name or default_name(exp, opts.smoke_test)
         path = storage / name
         if tune.Tuner.can_restore(str(path)):
             raise SweepError(f"a sweep named {name!r} already exists in {storage}: use --resume to continue it, or another --name")
-
-    space = build_space(opts.experiment, opts.recipe, opts.batch_sizes, opts.seeds, opts.overrides, opts.smoke_test, opts.search)
-    tracking_uri = normalize_tracking_uri(saved["tracking_uri"] if saved else (opts.tracking_uri or default_tracking_uri()))
+        uri = opts.tracking_uri
+    space = build_space(opts.experiment, opts.batch_sizes, opts.seeds, opts.overrides, opts.smoke_test, opts.search)
     if opts.checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be >= 1, got {opts.checkpoint_every}")
     if opts.max_concurrent is not None and opts.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
     check_storage(path)
-    try:
-        check_tracking(tracking_uri)
-    except TrackingError as e:
-        raise SweepError(str(e)) from None
-
-    started_ray = connect_ray(opts.address, opts.num_cpus, opts.verbose)
-    try:
-        import ray
-
-        gpus = opts.gpus_per_trial
-        if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        check_resources(opts.cpus_per_trial, gpus)
-        return _run(opts, space, name, storage, path, tracking_uri, gpus, saved, train_fn)
-    finally:
-        if started_ray:
-            ray.shutdown()
+    return SweepPlan(opts, space, name, path, check_tracking(uri), context)
 
 
-def _run(opts: SweepOptions, space: SweepSpace, name: str, storage: Path, path: Path, tracking_uri: str, gpus: float,
-         saved: dict[str, Any] | None, train_fn) -> SweepResult:
-    from ray import tune
+def run_sweep(opts: SweepOptions, train_fn: Callable[..., dict[str, Any]] | None = None) -> SweepResult:
+    """Run or resume one sweep; raises SweepError, ConfigError or TrackingError before any trial on bad input."""
+    plan = plan_sweep(opts)
+    with ray_session(plan.opts.address, plan.opts.num_cpus, plan.opts.verbose):
+        gpus = check_resources(plan.opts.cpus_per_trial, plan.opts.gpus_per_trial)
+        return _run(plan, gpus, train_fn)
 
-    from .trainable import make_trainable
 
-    exp = space.experiment
-    mlflow_experiment = f"bigbatch-{exp.name}"
-    commit = git_commit()
-    tags = {
-        "bigbatch.experiment": exp.name,
-        "bigbatch.paper_row": exp.label,
-        "bigbatch.recipe": exp.recipe,
-        "bigbatch.dataset": str(space.base.get("dataset", "cifar10")),
-        "bigbatch.search": "grid",
-        "bigbatch.git_commit": commit,
-        "bigbatch.smoke_test": str(opts.smoke_test).lower(),
-    }
+def _context(plan: SweepPlan, gpus: float) -> SweepContext:
+    """The trials' context: new (and the parent run created), or the saved one (the parent run reopened)."""
+    if plan.context is not None:
+        reopen_sweep(plan.context.run)
+        return plan.context
+    space, opts = plan.space, plan.opts
     params = {
         "batch_sizes": json.dumps(space.batch_sizes),
         "seeds": json.dumps(space.seeds),
@@ -333,67 +334,66 @@ def _run(opts: SweepOptions, space: SweepSpace, name: str, storage: Path, path: 
         "num_trials": space.num_trials,
         "gpus_per_trial": gpus,
         "cpus_per_trial": opts.cpus_per_trial,
-        "storage_path": str(path),
+        "storage_path": str(plan.path),
         **{f"base.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in space.base.items()},
     }
-    try:
-        experiment_id, parent_run_id = setup_sweep(tracking_uri, mlflow_experiment, name, tags, params, saved["parent_run_id"] if saved else None)
-    except TrackingError as e:
-        raise SweepError(str(e)) from None
-    sweep_info = {
-        "tracking_uri": tracking_uri,
-        "experiment_id": experiment_id,
-        "parent_run_id": parent_run_id,
-        "sweep_name": name,
-        "paper_row": exp.label,
-        "search": "grid",
-        "git_commit": commit,
-        "checkpoint_every": opts.checkpoint_every,
-    }
-    path.mkdir(parents=True, exist_ok=True)
-    (path / SWEEP_FILE).write_text(json.dumps({"options": opts.to_json(), "tracking_uri": tracking_uri, "experiment_id": experiment_id,
-                                                "parent_run_id": parent_run_id, "mlflow_experiment": mlflow_experiment}, indent=2))
-    trainable = tune.with_resources(make_trainable(train_fn), {"cpu": opts.cpus_per_trial, "gpu": gpus})
+    run = open_sweep(plan.tracking_uri, space.experiment, plan.name, dataset=str(space.base.get("dataset", RunConfig.dataset)),
+                         search="grid", smoke_test=opts.smoke_test, params=params)
+    return SweepContext(space.base, run, tuple(space.search), opts.checkpoint_every)
+
+
+def _run(plan: SweepPlan, gpus: float, train_fn) -> SweepResult:
+    from ray import tune
+
+    from .trainable import make_trainable
+
+    opts, space, exp = plan.opts, plan.space, plan.opts.experiment
+    ctx = _context(plan, gpus)
+    plan.path.mkdir(parents=True, exist_ok=True)
+    (plan.path / SWEEP_FILE).write_text(json.dumps({"options": opts.to_json(), "context": ctx.to_json()}, indent=2))
+    trainable = tune.with_resources(make_trainable(ctx, train_fn), {"cpu": opts.cpus_per_trial, "gpu": gpus})
     if opts.verbose:
-        what = "resuming" if opts.resume else "starting"
-        print(f"{what} sweep {name}: {exp.name} ({exp.label}), recipe {exp.recipe}, {space.num_trials} trials, "
-              f"{opts.cpus_per_trial:g} CPU + {gpus:g} GPU per trial; MLflow {tracking_uri} experiment {mlflow_experiment}", flush=True)
+        print(f"{'resuming' if opts.resume else 'starting'} sweep {plan.name}: {exp.name} ({exp.label}), recipe {exp.recipe}, "
+              f"{space.num_trials} trials, {opts.cpus_per_trial:g} CPU + {gpus:g} GPU per trial; "
+              f"MLflow {plan.tracking_uri} experiment {ctx.run.mlflow_experiment}", flush=True)
     if opts.resume:
-        repair_tune_state(path)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=space.param_space(sweep_info))
+        repair_tune_state(plan.path)
+        tuner = tune.Tuner.restore(str(plan.path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
+        names = TrialNames(ctx.base, ctx.searched)
+        cyclic = space.base.get("schedule", RunConfig.schedule) == "cyclic"
         tuner = tune.Tuner(
             trainable,
-            param_space=space.param_space(sweep_info),
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=opts.max_concurrent,
-                reuse_actors=True,
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_dirname,
-            ),
+            param_space=space.param_space(),
+            tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent, reuse_actors=True,
+                                        trial_name_creator=names.name, trial_dirname_creator=names.dirname),
             run_config=tune.RunConfig(
-                name=name,
-                storage_path=str(storage),
+                name=plan.name,
+                storage_path=str(plan.storage),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=opts.keep_checkpoints),
-                progress_reporter=reporter(list(space.search)),
+                progress_reporter=reporter(list(space.search), cyclic),
                 verbose=opts.verbose,
             ),
         )
-    results = tuner.fit()
-    return _finish(results, opts, name, path, tracking_uri, mlflow_experiment, experiment_id, parent_run_id)
+    return _finish(tuner.fit(), plan, ctx)
 
 
-def _finish(results, opts, name, path, tracking_uri, mlflow_experiment, experiment_id, parent_run_id) -> SweepResult:
-    rows, errors, unfinished = [], 0, 0
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _finish(results, plan: SweepPlan, ctx: SweepContext) -> SweepResult:
+    """Count the trials, close the parent run, print the summary table."""
     try:  # trials that never reported have an empty Result.config: take it from the trial objects
         configs = {os.path.basename(t.path): t.config for t in results._experiment_analysis.trials}
     except Exception:
         configs = {}
+    searched = list(ctx.searched)
+    rows, errors, unfinished = [], 0, 0
     for r in results:
         m = r.metrics or {}
-        cfg = r.config or configs.get(os.path.basename(str(r.path)), {})
+        params = r.config or configs.get(os.path.basename(str(r.path)), {})
         if r.error is not None:
             errors += 1
             state = "error"
@@ -402,18 +402,30 @@ def _finish(results, opts, name, path, tracking_uri, mlflow_experiment, experime
             state = "unfinished"
         else:
             state = m["status"]
-        f = m.get("factor_lr", cfg.get("factor_lr"))
-        rows.append((cfg.get("batch_size", 0), cfg.get("seed", 0), f"{f:.3g}" if isinstance(f, (int, float)) else "-", state, m.get("epoch"), m.get("best_val_acc"), m.get("test_acc")))
+        try:
+            cfg = trial_run_config(ctx.base, params)
+            f = f"{cfg.scaled_factor_lr:.3g}" if cfg.schedule == "cyclic" else None
+        except Exception:
+            f = None
+        point = [_cell(params.get(k)) for k in searched if k != "factor_lr"]
+        rows.append((params.get("batch_size", 0), params.get("seed", 0), point, f, state, m.get("epoch"), m.get("best_val_acc"), m.get("test_acc")))
     code = 130 if unfinished else (1 if errors else 0)
-    status = {0: "FINISHED", 1: "FAILED", 130: "KILLED"}[code]
-    finish_sweep(tracking_uri, parent_run_id, status, {"num_trials": len(rows), "num_errors": errors})
-    if opts.verbose:
-        print(f"\nsweep {name}: {len(rows) - errors - unfinished} finished, {errors} errored, {unfinished} unfinished")
-        print(f"{'bs':>5} {'seed':>4} {'f':>5} {'status':>10} {'epochs':>6} {'best_val':>8} {'test_acc':>8}")
-        fmt = lambda v: f"{v:8.2f}" if isinstance(v, (int, float)) else f"{'-':>8}"
-        for bs, seed, f, state, ep, bv, ta in sorted(rows, key=lambda r: (r[0], r[1], str(r[2]))):
-            print(f"{bs:>5} {seed:>4} {str(f):>5} {state:>10} {str(ep if ep is not None else '-'):>6} {fmt(bv)} {fmt(ta)}")
-        print(f"MLflow: experiment {mlflow_experiment}, parent run {parent_run_id}; view with: mlflow ui --backend-store-uri {tracking_uri}")
+    close_sweep(ctx.run, {0: "FINISHED", 1: "FAILED", 130: "KILLED"}[code], {"num_trials": len(rows), "num_errors": errors})
+    if plan.opts.verbose:
+        print(f"\nsweep {plan.name}: {len(rows) - errors - unfinished} finished, {errors} errored, {unfinished} unfinished")
+        cols = [k for k in searched if k != "factor_lr"]
+        show_f = any(row[3] is not None for row in rows)
+        print(f"{'bs':>5} {'seed':>4} " + "".join(f"{k:>8} " for k in cols) + (f"{'f':>5} " if show_f else "")
+              + f"{'status':>10} {'epochs':>6} {'best_val':>8} {'test_acc':>8}")
+        fmt = lambda v: f"{v:8.2f}" if isinstance(v, (int, float)) else f"{'-':>8}"  # noqa: E731
+        for bs, seed, point, f, state, ep, bv, ta in sorted(rows, key=lambda r: (r[0], r[1], r[2], str(r[3]))):
+            print(f"{bs:>5} {seed:>4} " + "".join(f"{v:>8} " for v in point) + (f"{f or '-':>5} " if show_f else "")
+                  + f"{state:>10} {str(ep if ep is not None else '-'):>6} {fmt(bv)} {fmt(ta)}")
+        print(f"MLflow: experiment {ctx.run.mlflow_experiment}, parent run {ctx.run.parent_run_id}; "
+              f"view with: mlflow ui --backend-store-uri {plan.tracking_uri}")
         if code:
-            print(f"resume with: python -m sweeps.{opts.experiment} --resume --name {name} --storage-path {path.parent}", flush=True)
-    return SweepResult(name, str(path), tracking_uri, mlflow_experiment, experiment_id, parent_run_id, len(rows), errors, unfinished, code)
+            print(f"resume with: python -m sweeps.{plan.opts.experiment.name.replace('-', '_')} --resume --name {plan.name} "
+                  f"--storage-path {plan.storage}", flush=True)
+    run = ctx.run
+    return SweepResult(plan.name, str(plan.path), plan.tracking_uri, run.mlflow_experiment, run.experiment_id, run.parent_run_id,
+                       len(rows), errors, unfinished, code)

@@ -1,9 +1,10 @@
-"""Search spaces, built from the experiment declarations (bigbatch.experiments): one source of truth.
+"""Search spaces, built from an experiment declaration (bigbatch.experiments): one source of truth.
 
-A sweep's trial config holds only what varies (``batch_size``, ``seed`` and the experiment's search keys,
-e.g. ``factor_lr`` in exp5) plus two constants: ``base`` (the resolved RunConfig dict shared by every
-trial) and ``sweep`` (where and how to log, see sweeps.tracking). ``trial_run_config`` merges them back
-into the RunConfig a trial trains.
+A sweep's trials share one ``base`` RunConfig dict; each trial varies only its hyperparameters
+(``batch_size``, ``seed`` and the searched keys, e.g. ``factor_lr`` in exp5, ``lr`` in lr-grid): those
+alone form Tune's param space. ``trial_run_config(base, params)`` merges them into the RunConfig a
+trial trains. The rest a trial needs (the base, where to log, how often to checkpoint) is the sweep's
+``SweepContext``, which the trainable closes over (sweeps.trainable).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from bigbatch.config import ConfigError, RunConfig
-from bigbatch.experiments import Experiment, load_experiment
+from bigbatch.experiments import Experiment
 
-# Keys a trial varies; everything else is in ``base``.
-VARYING = ("batch_size", "seed")
+from .tracking import SweepRun
 
-# --smoke-test: a narrow VGG on a few hundred synthetic images for 1-3 epochs (about a minute on 2 CPUs
+VARYING = ("batch_size", "seed")  # varied by every sweep; the searched keys come on top
+
+# --smoke-test: a narrow VGG on a few hundred synthetic images for 2-3 epochs (about a minute on 2 CPUs
 # for a whole experiment). The training pool grows to the largest batch size (train() refuses a batch
 # larger than the training set).
 SMOKE_OVERRIDES: dict[str, Any] = {
@@ -29,7 +31,6 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "width_mult": 0.125,
     "epochs": 2,
     "eval_batch_size": 256,
-    "drop_last": False,
     "download": False,
 }
 # Schedule-specific smoke settings so that every experiment is valid (and its schedule visible) in 2-3 epochs.
@@ -46,14 +47,14 @@ class SweepSpace:
     """What a sweep runs: the experiment, the shared base config, and the grid."""
 
     experiment: Experiment
-    base: dict[str, Any]  # RunConfig dict shared by all trials (batch_size/seed/search keys are overridden)
+    base: dict[str, Any]  # RunConfig dict shared by all trials (without batch_size, seed and the searched keys)
     batch_sizes: list[int]
     seeds: list[int]
     search: dict[str, list[Any]] = field(default_factory=dict)  # e.g. {"factor_lr": [10, 5, 2]}
 
     def points(self) -> list[dict[str, Any]]:
-        """Every trial's varying keys, in grid order."""
-        keys = ["batch_size", "seed", *self.search]
+        """Every trial's hyperparameters, in grid order."""
+        keys = [*VARYING, *self.search]
         values = [self.batch_sizes, self.seeds, *self.search.values()]
         return [dict(zip(keys, combo)) for combo in product(*values)]
 
@@ -61,48 +62,57 @@ class SweepSpace:
     def num_trials(self) -> int:
         return len(self.points())
 
-    def param_space(self, sweep_info: dict[str, Any]) -> dict[str, Any]:
-        """The Ray Tune param_space: grid over batch size, seed and the search keys."""
+    def param_space(self) -> dict[str, Any]:
+        """The Ray Tune param_space: a grid over batch size, seed and the searched keys (nothing else)."""
         from ray import tune
 
-        space: dict[str, Any] = {
-            "batch_size": tune.grid_search(list(self.batch_sizes)),
-            "seed": tune.grid_search(list(self.seeds)),
-        }
-        for key, values in self.search.items():
-            space[key] = tune.grid_search(list(values))
-        space["base"] = dict(self.base)
-        space["sweep"] = dict(sweep_info)
-        return space
+        grid = {"batch_size": self.batch_sizes, "seed": self.seeds, **self.search}
+        return {key: tune.grid_search(list(values)) for key, values in grid.items()}
 
     def validate(self) -> None:
         """Build every trial's RunConfig now, so a bad combination fails before Ray starts (ConfigError)."""
         from bigbatch.data import DataError, check_sizes
 
         for point in self.points():
-            cfg = trial_run_config({"base": self.base, **point})
+            cfg = trial_run_config(self.base, point)
             try:  # a batch larger than the training set (or val_size >= the pool) fails here, not in a trial
                 check_sizes(cfg)
             except DataError as e:
                 raise ConfigError(str(e)) from None
 
 
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of a sweep shares besides its hyperparameters."""
+
+    base: dict[str, Any]  # RunConfig dict without batch_size, seed and the searched keys
+    run: SweepRun  # where and under which parent run to log
+    searched: tuple[str, ...] = ()  # the searched keys (named in the trial labels)
+    checkpoint_every: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base": self.base, "run": self.run.to_json(), "searched": list(self.searched), "checkpoint_every": self.checkpoint_every}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "SweepContext":
+        return cls(dict(d["base"]), SweepRun(**d["run"]), tuple(d["searched"]), int(d["checkpoint_every"]))
+
+
 def build_space(
-    experiment: str,
-    recipe: str = "text",
+    exp: Experiment,
     batch_sizes: list[int] | None = None,
     seeds: int = 1,
     overrides: dict[str, Any] | None = None,
     smoke_test: bool = False,
     search: dict[str, list[Any]] | None = None,
 ) -> SweepSpace:
-    """The search space of one paper experiment.
+    """The search space of one experiment (already resolved with its recipe).
 
-    Order of precedence (later wins): the experiment declaration (with its recipe), the smoke-test
-    settings, ``overrides`` (--config file, --set, --epochs/--dataset/--data-dir). A key fixed by an
-    override is no longer searched. ``seeds`` repeats every point with seeds base_seed .. base_seed+K-1.
+    Order of precedence (later wins): the experiment declaration, the smoke-test settings,
+    ``overrides`` (--config file, --set, --epochs/--dataset/--data-dir). ``search`` (None: the
+    experiment's) is the grid; a key fixed by an override is no longer searched. ``seeds`` repeats
+    every point with seeds base_seed .. base_seed+K-1.
     """
-    exp = load_experiment(experiment, recipe)
     overrides = dict(overrides or {})
     base: dict[str, Any] = {**exp.config, "experiment": exp.name, "recipe": exp.recipe}
     if smoke_test:
@@ -113,15 +123,17 @@ def build_space(
         if key in overrides and overrides[key] != base[key]:
             raise ConfigError(f"{key} cannot be overridden in a sweep of {exp.name} (use --recipe for the recipe)")
     base.update(overrides)
-    data_dir = Path(str(base.get("data_dir", RunConfig.data_dir))).expanduser()
-    base["data_dir"] = str(data_dir.resolve())  # absolute: trials run in their own directories
+    base["data_dir"] = str(Path(str(base.get("data_dir", RunConfig.data_dir))).expanduser().resolve())  # trials chdir
     if "batch_size" in base and batch_sizes is None:
         batch_sizes = [base["batch_size"]]
     base.pop("batch_size", None)
     grid = {k: list(v) for k, v in (exp.search if search is None else search).items() if k not in overrides}
-    for key in grid:
+    for key, values in grid.items():
         if key in VARYING or key not in RunConfig.__dataclass_fields__:
             raise ConfigError(f"cannot search over {key!r}")
+        if not values:
+            raise ConfigError(f"the search over {key!r} needs at least one value")
+        base.pop(key, None)  # the searched value comes from the trial's params
     bss = [int(b) for b in (batch_sizes if batch_sizes is not None else exp.batch_sizes)]
     if not bss:
         raise ConfigError("--batch-sizes needs at least one batch size")
@@ -138,24 +150,46 @@ def build_space(
     return space
 
 
-def trial_run_config(config: dict[str, Any]) -> RunConfig:
-    """The RunConfig of one trial, from its Tune config (``base`` + the varying keys)."""
-    d = dict(config["base"])
-    for key, value in config.items():
-        if key not in ("base", "sweep"):
-            d[key] = value
-    return RunConfig.from_dict(d)
+def trial_run_config(base: dict[str, Any], params: dict[str, Any]) -> RunConfig:
+    """The RunConfig of one trial: the shared base plus its hyperparameters (Tune's trial config)."""
+    return RunConfig.from_dict({**base, **params})
 
 
-def trial_label(cfg: RunConfig) -> str:
-    """A trial's human name, e.g. ``exp5 bs=1024 f=2 seed=0`` (f only for cyclic schedules)."""
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def trial_label(cfg: RunConfig, searched: tuple[str, ...] | list[str] = ()) -> str:
+    """A trial's human name, e.g. ``exp5 bs=1024 f=2 seed=0`` or ``lr-grid bs=32 lr=0.003 seed=0``.
+
+    ``f`` is the CyclicLR factor after eq. 2 (``scaled_factor_lr``; cyclic schedules only); the other
+    ``searched`` keys are shown with their configured values."""
     parts = [cfg.experiment, f"bs={cfg.batch_size}"]
+    parts += [f"{k}={_fmt(getattr(cfg, k))}" for k in searched if k not in (*VARYING, "factor_lr")]
     if cfg.schedule == "cyclic":
         parts.append(f"f={cfg.scaled_factor_lr:.3g}")
     parts.append(f"seed={cfg.seed}")
     return " ".join(parts)
 
 
-def trial_dirname(cfg: RunConfig, trial_id: str) -> str:
-    """A filesystem-friendly trial directory name."""
-    return f"{trial_id}_" + trial_label(cfg).replace(" ", "_").replace("=", "")
+@dataclass(frozen=True)
+class TrialNames:
+    """Tune's trial name and directory name creators for one sweep (they need its base config)."""
+
+    base: dict[str, Any]
+    searched: tuple[str, ...] = ()
+
+    def label(self, params: dict[str, Any]) -> str:
+        return trial_label(trial_run_config(self.base, params), self.searched)
+
+    def name(self, trial) -> str:  # e.g. exp5_bs=1024_f=2_seed=0
+        try:
+            return self.label(trial.config).replace(" ", "_")
+        except Exception:
+            return str(trial)
+
+    def dirname(self, trial) -> str:  # e.g. <trial id>_exp5_bs1024_f2_seed0
+        try:
+            return f"{trial.trial_id}_" + self.label(trial.config).replace(" ", "_").replace("=", "")
+        except Exception:
+            return trial.trial_id

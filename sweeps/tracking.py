@@ -1,43 +1,40 @@
-"""MLflow logging for the sweeps: the schema of docs/architecture.md, resume-safe and failure-tolerant.
+"""MLflow logging of the sweeps: the layout of docs/architecture.md (names from bigbatch.schema),
+resume-safe and failure-tolerant.
 
-Design: the driver creates the MLflow experiment and the sweep's parent run *before* any trial starts
-(one writer while a fresh SQLite DB runs its migrations), and each trial logs its own child run from
-inside the trial process (``TrialLogger``). Logging from the trial (rather than a driver callback)
-because
+The driver opens the MLflow experiment and the sweep's parent run *before* any trial starts
+(``open_sweep``: one writer while a fresh SQLite DB runs its migrations) and hands the trials a
+``SweepRun``; each trial logs its own child run from inside the trial process (``TrialLogger``), because
 
 - the trial owns its checkpoint directory, so the child run id travels with the checkpoint
-  (``mlflow_run.json`` beside ``last.pt``): a trial restored by ``--resume`` or retried after a failure
-  reopens the same run instead of creating a second one;
+  (``RUN_FILE`` beside ``last.pt``): a trial restored by ``--resume`` or retried after a failure reopens
+  the same run instead of creating a second one;
 - the trial has the artifacts (``best_model.pt``) on its own node; a driver callback on a cluster would
   not see them;
-- on a cluster it only needs a tracking URI every node reaches (``mlflow server``, http://...); with a
-  SQLite URI the DB file must be on a filesystem every node shares (fine on one machine).
+- on a cluster it only needs a tracking URI every node reaches (``mlflow server``, http://...).
 
-Every epoch is logged once per (run, step): the steps already in the run are read when the trial
-(re)starts, and re-run epochs (Tune's resume is at-least-once) are skipped. A tracking server that is
-unreachable mid-sweep does not kill trials: epochs are buffered (in memory and in the checkpoint
-directory), a warning is printed, and they are sent at the next epoch that reaches the server.
+Every epoch is logged once per (run, step), from the trial's training history: the history restored
+with the checkpoint (``last.pt`` holds it) plus the epochs reported since. The logger sends every
+history epoch the run does not hold yet, in order; after a failed send it re-reads the steps the
+server stored (an answer lost after the commit does not duplicate an epoch). A tracking server that is
+unreachable mid-sweep therefore loses nothing and kills no trial: one warning, and the missing epochs
+go out at the next epoch that reaches it, or from the checkpoint's history when the trial is restored.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bigbatch import schema
 from bigbatch.config import RunConfig
-
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "momentum", "epoch_seconds", "images_per_second")
-SUMMARY_METRICS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "train_seconds")
-RUN_FILE = "mlflow_run.json"  # in the trial's checkpoint directory, next to last.pt
-PENDING_FILE = "mlflow_pending.json"  # epochs not yet accepted by the tracking server
-STEP_KEY = "val_acc"  # the metric whose steps mark an epoch as logged (epochs go in one log_batch)
+from bigbatch.experiments import Experiment
 
 
 class TrackingError(RuntimeError):
@@ -45,32 +42,19 @@ class TrackingError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- URIs
-def default_tracking_uri(cwd: str | Path | None = None) -> str:
-    """``sqlite:////abs/cwd/mlflow.db``: absolute, because trials run in their own directories."""
-    return "sqlite:///" + str(Path(cwd or os.getcwd()).resolve() / "mlflow.db")
-
-
-def normalize_tracking_uri(uri: str) -> str:
-    """Make a relative SQLite path or a bare path absolute (trials chdir)."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    if "://" not in uri:
-        raise TrackingError(f"tracking URI {uri!r} needs a scheme: sqlite:///path.db or http://host:5000")
-    return uri
-
-
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
-def artifact_root(uri: str) -> str | None:
-    """Where a new experiment keeps artifacts: beside a SQLite DB; the server decides for http."""
-    path = _sqlite_path(uri)
-    return (path.parent / "mlartifacts").as_uri() if path is not None else None
-
-
-def check_tracking(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (TrackingError) when the tracking store cannot be reached or written."""
+def check_tracking(uri: str | None, timeout: float = 5.0) -> str:
+    """The absolute tracking URI (None: ``schema.default_tracking_uri()``; a relative SQLite path made
+    absolute, as trials chdir), or TrackingError at once when the store cannot be reached or written."""
+    if uri is None:
+        uri = schema.default_tracking_uri()
+    elif uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    elif "://" not in uri:
+        raise TrackingError(f"tracking URI {uri!r} needs a scheme: sqlite:///path.db or http://host:5000")
     path = _sqlite_path(uri)
     if path is not None:
         parent = path.parent
@@ -80,11 +64,10 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"cannot create the MLflow DB directory {parent}: {e.strerror}") from None
         if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise TrackingError(f"the MLflow DB {path} is not writable")
-        return
+        return uri
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as r:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
                 r.read(64)
         except urllib.error.HTTPError as e:  # the server answered: reachable (maybe no /health behind a proxy)
             if e.code >= 500:
@@ -92,167 +75,207 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}); start it with `mlflow server` or pass --tracking-uri") from None
+    return uri
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
 
 
-# ---------------------------------------------------------------------------------------------- provenance
-def git_commit(repo: str | Path | None = None) -> str:
-    repo = repo or Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        commit = out.stdout.strip()
-        if out.returncode != 0 or not commit:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=10)
-        return commit + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-def versions() -> dict[str, str]:
-    import ray
-    import torch
+# ---------------------------------------------------------------------------------------------- the sweep's parent run
+@dataclass(frozen=True)
+class SweepRun:
+    """Where a sweep logs: its MLflow experiment and parent run, and the tags its trials share."""
 
-    import mlflow
+    tracking_uri: str
+    mlflow_experiment: str  # e.g. bigbatch-exp6
+    experiment_id: str
+    parent_run_id: str
+    name: str  # the sweep's name (Tune experiment directory, parent run name)
+    paper_row: str
+    search: str  # grid | optuna
+    git_commit: str
 
-    return {"bigbatch.torch_version": torch.__version__, "bigbatch.ray_version": ray.__version__, "bigbatch.mlflow_version": mlflow.__version__}
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
 
 
-def run_params(cfg: RunConfig) -> dict[str, str]:
-    """Every RunConfig key (lists as JSON) plus the derived values."""
-    params = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v) for k, v in cfg.to_dict().items()}
-    params.update(scaled_lr=repr(cfg.scaled_lr), total_epochs=str(cfg.total_epochs), scaled_factor_lr=repr(cfg.scaled_factor_lr))
-    return params
+def sweep_tags(exp: Experiment, dataset: str, search: str, smoke_test: bool, commit: str) -> dict[str, str]:
+    """Tags of a sweep's parent run."""
+    return {
+        schema.TAG_EXPERIMENT: exp.name,
+        schema.TAG_PAPER_ROW: exp.label,
+        schema.TAG_RECIPE: exp.recipe,
+        schema.TAG_DATASET: dataset,
+        schema.TAG_SEARCH: search,
+        schema.TAG_GIT_COMMIT: commit,
+        schema.TAG_SMOKE_TEST: str(smoke_test).lower(),
+    }
 
 
-# ---------------------------------------------------------------------------------------------- driver side
-def setup_sweep(
-    uri: str,
-    experiment_name: str,
-    sweep_name: str,
-    tags: dict[str, str],
-    params: dict[str, Any],
-    parent_run_id: str | None = None,
-) -> tuple[str, str]:
-    """Create (or find) the MLflow experiment and the sweep's parent run; returns their ids.
+def open_sweep(uri: str, exp: Experiment, name: str, *, dataset: str, search: str, smoke_test: bool,
+               params: dict[str, Any], mlflow_experiment: str | None = None) -> SweepRun:
+    """Create (or find) the MLflow experiment and the sweep's parent run, on the driver, before any trial.
 
-    Runs on the driver before any trial: a fresh SQLite DB is migrated here, by one process.
-    With ``parent_run_id`` (a resumed sweep) the parent run is reopened instead of created.
+    A fresh SQLite DB is migrated here, by one process. A parent run of this sweep name that exists
+    (the Optuna search run again with its --name) is reopened instead of created.
     """
     from mlflow.entities import Param, RunTag
 
-    client = _client(uri)
+    mlflow_experiment = mlflow_experiment or schema.mlflow_experiment(exp.name)
+    commit = schema.git_commit()
     try:
-        exp = client.get_experiment_by_name(experiment_name)
-        if exp is None:
-            experiment_id = client.create_experiment(experiment_name, artifact_location=artifact_root(uri))
+        client = mlflow_client(uri)
+        found = client.get_experiment_by_name(mlflow_experiment)
+        if found is None:
+            path = _sqlite_path(uri)  # artifacts beside a SQLite DB; the server decides for http
+            experiment_id = client.create_experiment(mlflow_experiment, artifact_location=(path.parent / "mlartifacts").as_uri() if path else None)
         else:
-            experiment_id = exp.experiment_id
-            if exp.lifecycle_stage == "deleted":
+            experiment_id = found.experiment_id
+            if found.lifecycle_stage == "deleted":
                 client.restore_experiment(experiment_id)
+        runs = client.search_runs([experiment_id], max_results=1, filter_string=(
+            f"tags.`{schema.TAG_SWEEP}` = '{name}' and tags.`{schema.TAG_ROLE}` = '{schema.ROLE_SWEEP}'"))
+        parent_run_id = runs[0].info.run_id if runs else None
         if parent_run_id is not None:
             client.update_run(parent_run_id, status="RUNNING")
-            return experiment_id, parent_run_id
-        found = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`bigbatch.sweep` = '{sweep_name}' and tags.`bigbatch.role` = 'sweep'",
-            max_results=1,
-        )
-        if found:
-            run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-            return experiment_id, run_id
-        run = client.create_run(experiment_id, run_name=sweep_name, tags={**tags, "bigbatch.role": "sweep", "bigbatch.sweep": sweep_name})
-        client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()], tags=[RunTag("bigbatch.status", "running")])
-        return experiment_id, run.info.run_id
-    except TrackingError:
-        raise
+        else:
+            tags = {**sweep_tags(exp, dataset, search, smoke_test, commit), schema.TAG_ROLE: schema.ROLE_SWEEP, schema.TAG_SWEEP: name}
+            parent_run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+            client.log_batch(parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+                             tags=[RunTag(schema.TAG_STATUS, "running")])
     except Exception as e:  # any MLflow/DB failure at start: one line for the user
-        raise TrackingError(f"cannot set up MLflow at {uri}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise TrackingError(f"cannot set up MLflow at {uri}: {_one_line(e)}") from None
+    return SweepRun(uri, mlflow_experiment, experiment_id, parent_run_id, name, exp.label, search, commit)
 
 
-def finish_sweep(uri: str, parent_run_id: str, status: str, summary: dict[str, Any] | None = None) -> None:
+def reopen_sweep(run: SweepRun) -> None:
+    """A resumed sweep: its parent run is RUNNING again (TrackingError when the store fails)."""
+    try:
+        mlflow_client(run.tracking_uri).update_run(run.parent_run_id, status="RUNNING")
+    except Exception as e:
+        raise TrackingError(f"cannot reopen the MLflow parent run {run.parent_run_id} at {run.tracking_uri}: {_one_line(e)}") from None
+
+
+def close_sweep(run: SweepRun, status: str, summary: dict[str, Any] | None = None) -> None:
     """Close the parent run: FINISHED / FAILED / KILLED; best effort."""
     try:
-        client = _client(uri)
+        client = mlflow_client(run.tracking_uri)
         for k, v in (summary or {}).items():
-            client.log_metric(parent_run_id, k, float(v))
-        client.set_tag(parent_run_id, "bigbatch.status", {"FINISHED": "completed", "FAILED": "failed", "KILLED": "interrupted"}.get(status, status))
-        client.set_terminated(parent_run_id, status=status)
+            client.log_metric(run.parent_run_id, k, float(v))
+        client.set_tag(run.parent_run_id, schema.TAG_STATUS, {"FINISHED": "completed", "FAILED": "failed", "KILLED": "interrupted"}.get(status, status))
+        client.set_terminated(run.parent_run_id, status=status)
     except Exception as e:
-        print(f"warning: could not close the MLflow parent run {parent_run_id}: {e}", file=sys.stderr)
+        print(f"warning: could not close the MLflow parent run {run.parent_run_id}: {e}", file=sys.stderr)
+
+
+def mark_stopped(uri: str, run_id: str) -> None:
+    """A trial a scheduler (ASHA) stopped never reached the end of train(): ``bigbatch.status=stopped``; best effort."""
+    try:
+        client = mlflow_client(uri)
+        if client.get_run(run_id).data.tags.get(schema.TAG_STATUS) == "running":
+            client.set_tag(run_id, schema.TAG_STATUS, "stopped")
+            client.set_terminated(run_id, status="FINISHED")
+    except Exception as e:
+        print(f"warning: could not mark MLflow run {run_id} stopped: {e}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------- trial side
+def run_params(cfg: RunConfig) -> dict[str, str]:
+    """Every RunConfig key (lists as JSON) plus the derived values (schema.DERIVED_PARAMS)."""
+    params = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v) for k, v in cfg.to_dict().items()}
+    params.update({k: repr(getattr(cfg, k)) for k in schema.DERIVED_PARAMS})
+    return params
+
+
+def checkpoint_history(directory: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch metrics a checkpoint directory's ``last.pt`` holds (bigbatch.train); [] without one."""
+    path = Path(directory) / schema.CHECKPOINT
+    if not path.exists():
+        return []
+    import torch
+
+    try:  # mmap: the history only, without reading the weights
+        return list(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("history", []))
+    except Exception:
+        return []  # train() refuses an unreadable checkpoint with its own error
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """What a trial's run is named and tagged with."""
+
+    cfg: RunConfig
+    trial_id: str
+    label: str  # e.g. exp5 bs=1024 f=2 seed=0 (the run name)
+    device_name: str  # the device actually used (tag bigbatch.device)
+
+
 class TrialLogger:
-    """The child run of one trial; every call is safe to repeat and never raises on tracking failures."""
+    """The child run of one trial; every call is safe to repeat and never raises on tracking failures.
 
-    def __init__(self, sweep: dict[str, Any], cfg: RunConfig, trial_id: str, label: str, local_dir: str | Path, device_name: str):
+    ``history`` is every epoch of the trial so far (the checkpoint's, then each reported one); ``sync``
+    sends those the run lacks. ``client`` is injectable (tests)."""
+
+    def __init__(self, sweep: SweepRun, trial: TrialInfo, directory: str | Path, client=None):
         self.sweep = sweep
-        self.uri = sweep["tracking_uri"]
-        self.cfg = cfg
-        self.trial_id = trial_id
-        self.label = label
-        self.dir = Path(local_dir)
-        self.device_name = device_name
+        self.trial = trial
+        self.dir = Path(directory)
         self.run_id: str | None = None
-        self.logged_steps: set[int] = set()
-        self.pending: list[dict[str, Any]] = self._read_pending()
-        self._warned = False
-        self._client = None
+        self.history: dict[int, dict[str, Any]] = {int(m["epoch"]): m for m in checkpoint_history(self.dir)}
+        self.logged: set[int] | None = None  # epochs the run holds; None: unknown (read from the server)
+        self._client = client
+        self._failing = False  # the last call to the server failed: warned once, tell when it answers again
 
-    # -- helpers
     @property
     def client(self):
         if self._client is None:
-            self._client = _client(self.uri)
+            self._client = mlflow_client(self.sweep.tracking_uri)
         return self._client
 
+    def unsent(self) -> list[int]:
+        """Epochs of the history not known to be in MLflow."""
+        return sorted(e for e in self.history if self.logged is None or e not in self.logged)
+
     def _warn(self, what: str, e: BaseException) -> None:
-        msg = f"warning: MLflow {what} failed for trial {self.trial_id} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); will retry"
-        if not self._warned:
-            print(msg, file=sys.stderr, flush=True)
-            self._warned = True
-
-    def _read_pending(self) -> list[dict[str, Any]]:
-        try:
-            return json.loads((self.dir / PENDING_FILE).read_text())
-        except (OSError, ValueError):
-            return []
-
-    def _write_pending(self) -> None:
-        path = self.dir / PENDING_FILE
-        if self.pending:
-            path.write_text(json.dumps(self.pending))
-        elif path.exists():
-            path.unlink()
+        if not self._failing:
+            print(f"warning: MLflow {what} failed for trial {self.trial.trial_id} ({_one_line(e)}); will retry", file=sys.stderr, flush=True)
+            self._failing = True
+        self.logged = None  # a batch may have reached the server before its answer was lost: re-read
 
     def tags(self) -> dict[str, str]:
-        s = self.sweep
+        import mlflow
+        import ray
+        import torch
+
+        s, cfg = self.sweep, self.trial.cfg
         return {
-            "mlflow.parentRunId": s["parent_run_id"],
-            "bigbatch.role": "trial",
-            "bigbatch.experiment": self.cfg.experiment,
-            "bigbatch.paper_row": s.get("paper_row", ""),
-            "bigbatch.recipe": self.cfg.recipe,
-            "bigbatch.dataset": self.cfg.dataset,
-            "bigbatch.trial_id": self.trial_id,
-            "bigbatch.sweep": s["sweep_name"],
-            "bigbatch.search": s.get("search", "grid"),
-            "bigbatch.git_commit": s.get("git_commit", "unknown"),
-            "bigbatch.device": self.device_name,
-            "bigbatch.status": "running",
-            **versions(),
+            schema.PARENT_RUN_TAG: s.parent_run_id,
+            schema.TAG_ROLE: schema.ROLE_TRIAL,
+            schema.TAG_EXPERIMENT: cfg.experiment,
+            schema.TAG_PAPER_ROW: s.paper_row,
+            schema.TAG_RECIPE: cfg.recipe,
+            schema.TAG_DATASET: cfg.dataset,
+            schema.TAG_TRIAL_ID: self.trial.trial_id,
+            schema.TAG_SWEEP: s.name,
+            schema.TAG_SEARCH: s.search,
+            schema.TAG_GIT_COMMIT: s.git_commit,
+            schema.TAG_DEVICE: self.trial.device_name,
+            schema.TAG_STATUS: "running",
+            schema.TAG_TORCH_VERSION: torch.__version__,
+            schema.TAG_RAY_VERSION: ray.__version__,
+            schema.TAG_MLFLOW_VERSION: mlflow.__version__,
         }
 
     # -- lifecycle
     def start(self) -> str | None:
-        """Find this trial's run (checkpoint file, then tag search) or create it; never raises."""
+        """Find this trial's run (checkpoint directory, then its trial_id tag) or create it; never raises."""
         try:
             self._start()
         except Exception as e:
@@ -262,90 +285,81 @@ class TrialLogger:
     def _start(self) -> None:
         from mlflow.entities import Param, RunTag
 
-        client = self.client
-        run_file = self.dir / RUN_FILE
+        client, s = self.client, self.sweep
+        run_file = self.dir / schema.RUN_FILE
         if self.run_id is None and run_file.exists():
             try:
                 self.run_id = json.loads(run_file.read_text())["run_id"]
             except (OSError, ValueError, KeyError):
-                self.run_id = None
+                pass
         if self.run_id is None:  # started before its first checkpoint was persisted: find it by tag
-            found = client.search_runs(
-                [self.sweep["experiment_id"]],
-                filter_string=f"tags.`bigbatch.sweep` = '{self.sweep['sweep_name']}' and tags.`bigbatch.trial_id` = '{self.trial_id}'",
-                max_results=1,
-            )
-            if found:
-                self.run_id = found[0].info.run_id
+            found = client.search_runs([s.experiment_id], max_results=1, filter_string=(
+                f"tags.`{schema.TAG_SWEEP}` = '{s.name}' and tags.`{schema.TAG_TRIAL_ID}` = '{self.trial.trial_id}'"))
+            self.run_id = found[0].info.run_id if found else None
         if self.run_id is None:
-            run = client.create_run(self.sweep["experiment_id"], run_name=self.label, tags=self.tags())
-            self.run_id = run.info.run_id
-            run_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": self.uri}))
-            client.log_batch(self.run_id, params=[Param(k, v) for k, v in run_params(self.cfg).items()])
-            cfg_path = self.dir / "config.json"
-            self.cfg.to_json(cfg_path)
+            self.run_id = client.create_run(s.experiment_id, run_name=self.trial.label, tags=self.tags()).info.run_id
+            run_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": s.tracking_uri}))
+            client.log_batch(self.run_id, params=[Param(k, v) for k, v in run_params(self.trial.cfg).items()])
+            cfg_path = self.dir / schema.CONFIG_ARTIFACT
+            self.trial.cfg.to_json(cfg_path)
             client.log_artifact(self.run_id, str(cfg_path))
         else:
-            run_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": self.uri}))
+            run_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": s.tracking_uri}))
             client.update_run(self.run_id, status="RUNNING")
-            client.log_batch(self.run_id, tags=[RunTag("bigbatch.status", "running"), RunTag("bigbatch.device", self.device_name)])
-        self.logged_steps = {m.step for m in client.get_metric_history(self.run_id, STEP_KEY)}
+            client.log_batch(self.run_id, tags=[RunTag(schema.TAG_STATUS, "running"), RunTag(schema.TAG_DEVICE, self.trial.device_name)])
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
-        epoch = int(metrics["epoch"])
-        if epoch in self.logged_steps or any(p["epoch"] == epoch for p in self.pending):
-            return
-        values = {k: float(metrics[k]) for k in EPOCH_METRICS if k in metrics and metrics[k] is not None}
-        self.pending.append({"epoch": epoch, "timestamp": int(time.time() * 1000), "values": values})
-        self.flush()
+        """Add one reported epoch to the history and send what the run lacks."""
+        self.history[int(metrics["epoch"])] = metrics
+        self.sync()
 
-    def flush(self) -> bool:
-        """Send buffered epochs in order; True when nothing is left pending."""
+    def sync(self) -> bool:
+        """Send every history epoch the run lacks, in order, once; True when nothing is left unsent."""
         from mlflow.entities import Metric
 
         if self.run_id is None:
             self.start()
-        if self.run_id is not None:
-            try:
-                recovering = self._warned and len(self.pending)
-                if recovering:  # after a failure: a batch may have reached the server before its answer was lost
-                    self.logged_steps |= {m.step for m in self.client.get_metric_history(self.run_id, STEP_KEY)}
-                while self.pending:
-                    p = self.pending[0]
-                    if p["epoch"] not in self.logged_steps:
-                        batch = [Metric(k, v, p["timestamp"], p["epoch"]) for k, v in p["values"].items()]
-                        self.client.log_batch(self.run_id, metrics=batch)
-                        self.logged_steps.add(p["epoch"])
-                    self.pending.pop(0)
-                if recovering:
-                    print(f"MLflow at {self.uri} answers again: trial {self.trial_id} sent its {recovering} buffered epoch(s)",
-                          file=sys.stderr, flush=True)
-                    self._warned = False  # warn again at the next outage
-            except Exception as e:
-                self._warn("logging", e)
+        if self.run_id is None:
+            return False
+        recovering = self._failing
         try:
-            self._write_pending()
-        except OSError:
-            pass
-        return not self.pending
+            if self.logged is None:
+                self.logged = {m.step for m in self.client.get_metric_history(self.run_id, schema.STEP_KEY)}
+            todo = self.unsent()
+            now = int(time.time() * 1000)
+            for epoch in todo:
+                m = self.history[epoch]
+                batch = [Metric(k, float(m[k]), now, epoch) for k in schema.EPOCH_METRICS if m.get(k) is not None]
+                self.client.log_batch(self.run_id, metrics=batch)
+                self.logged.add(epoch)
+        except Exception as e:
+            self._warn("logging", e)
+            return False
+        if recovering:
+            print(f"MLflow at {self.sweep.tracking_uri} answers again: trial {self.trial.trial_id} sent its {len(todo)} buffered epoch(s)",
+                  file=sys.stderr, flush=True)
+            self._failing = False  # warn again at the next outage
+        return True
 
     def finish(self, summary: dict[str, Any], attempts: int = 4) -> None:
-        """Summary metrics, status tag, best model; retried a few times, then a warning."""
+        """Every epoch of the run's history, the summary metrics, status tag, best model; retried a few times."""
         from mlflow.entities import Metric, RunTag
 
+        for m in summary.get("history") or []:
+            self.history.setdefault(int(m["epoch"]), m)
         status = summary.get("status", "completed")
         step = int(summary.get("epochs_run") or 0)
         now = int(time.time() * 1000)
         for attempt in range(attempts):
             try:
-                if not self.flush():
-                    raise TrackingError("epochs still pending")
-                metrics = [Metric(k, float(summary[k]), now, step) for k in SUMMARY_METRICS if summary.get(k) is not None]
-                tags = [RunTag("bigbatch.status", status)]
+                if not self.sync():
+                    raise TrackingError("epochs still unsent")
+                metrics = [Metric(k, float(summary[k]), now, step) for k in schema.SUMMARY_METRICS if summary.get(k) is not None]
+                tags = [RunTag(schema.TAG_STATUS, status)]
                 if summary.get("diverged_epoch") is not None:
-                    tags.append(RunTag("bigbatch.diverged_epoch", str(summary["diverged_epoch"])))
+                    tags.append(RunTag(schema.TAG_DIVERGED_EPOCH, str(summary["diverged_epoch"])))
                 self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
-                best = self.dir / "best_model.pt"
+                best = self.dir / schema.BEST_MODEL
                 if best.exists():
                     self.client.log_artifact(self.run_id, str(best))
                 self.client.set_terminated(self.run_id, status="FINISHED")
@@ -353,29 +367,26 @@ class TrialLogger:
             except Exception as e:
                 self._warn("final logging", e)
                 time.sleep(min(30.0, 2.0 * 2**attempt))
-        print(f"warning: trial {self.trial_id}: its summary could not be logged to MLflow at {self.uri}", file=sys.stderr, flush=True)
+        print(f"warning: trial {self.trial.trial_id}: its summary could not be logged to MLflow at {self.sweep.tracking_uri}",
+              file=sys.stderr, flush=True)
+
+    def _end(self, status: str, mlflow_status: str, extra: dict[str, str] | None = None) -> None:
+        from mlflow.entities import RunTag
+
+        self.sync()
+        if self.run_id is None:
+            return
+        try:
+            tags = [RunTag(schema.TAG_STATUS, status), *(RunTag(k, v) for k, v in (extra or {}).items())]
+            self.client.log_batch(self.run_id, tags=tags)
+            self.client.set_terminated(self.run_id, status=mlflow_status)
+        except Exception as e:
+            self._warn(f"{status} logging", e)
 
     def stopped(self) -> None:
         """Stopped early by a Tune scheduler (ASHA): ``bigbatch.status=stopped``; best effort."""
-        from mlflow.entities import RunTag
-
-        try:
-            self.flush()
-            if self.run_id is not None:
-                self.client.log_batch(self.run_id, tags=[RunTag("bigbatch.status", "stopped")])
-                self.client.set_terminated(self.run_id, status="FINISHED")
-        except Exception as e:
-            self._warn("stop logging", e)
+        self._end("stopped", "FINISHED")
 
     def fail(self, error: BaseException) -> None:
         """Mark the run failed (best effort); Tune may retry the trial, which reopens it."""
-        from mlflow.entities import RunTag
-
-        try:
-            self.flush()
-            if self.run_id is not None:
-                msg = f"{type(error).__name__}: {error}".splitlines()[0][:5000]
-                self.client.log_batch(self.run_id, tags=[RunTag("bigbatch.status", "failed"), RunTag("bigbatch.error", msg)])
-                self.client.set_terminated(self.run_id, status="FAILED")
-        except Exception as e:
-            self._warn("failure logging", e)
+        self._end("failed", "FAILED", {schema.TAG_ERROR: f"{type(error).__name__}: {error}".splitlines()[0][:5000]})

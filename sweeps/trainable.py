@@ -1,11 +1,17 @@
 """The Ray Tune function trainable: one trial = one ``bigbatch.train.train`` run, logged to MLflow.
 
+- Tune's trial config holds only the trial's hyperparameters (batch_size, seed, searched keys); the
+  rest (the shared base config, where to log, how often to checkpoint) is the sweep's ``SweepContext``,
+  closed over by the trainable (``make_trainable``), saved in the sweep directory, and rebuilt from
+  there on ``--resume``.
 - The device comes from the resources Tune gave the trial (not from ``torch.cuda.is_available()``:
-  a 0-GPU worker on a GPU node still sees the parent's CUDA_VISIBLE_DEVICES, ray#54868).
+  a 0-GPU worker on a GPU node still sees the parent's CUDA_VISIBLE_DEVICES, ray#54868);
+  ``bigbatch.train.resolve_device`` checks the name.
 - The trial trains in a local directory restored from ``tune.get_checkpoint()``; ``train`` resumes
   from ``last.pt`` there. After every epoch ``train`` writes the checkpoint (every ``checkpoint_every``
-  epochs) and calls ``report``, which logs the epoch to MLflow and hands the directory to Tune.
-- The MLflow run id lives in that directory (``mlflow_run.json``), so it travels with the checkpoint.
+  epochs) and calls ``report``, which logs the epoch to MLflow and hands the directory to Tune. The
+  MLflow run id travels in that directory (``RUN_FILE``), and ``last.pt`` holds the history from which
+  epochs MLflow missed are logged again.
 - A diverged run is a result (status ``diverged``), not an error.
 """
 
@@ -19,57 +25,47 @@ from typing import Any, Callable
 
 from ray import tune
 
-from .space import trial_label, trial_run_config
-from .tracking import TrialLogger
-
-# Shown in the terminal's trial table and reported to Tune.
-TABLE_METRICS = ("epoch", "val_acc", "lr", "images_per_second")
+from .space import SweepContext, trial_label, trial_run_config
+from .tracking import TrialInfo, TrialLogger
 
 
-def trial_resources() -> tuple[float, float]:
-    """(cpus, gpus) this trial was given."""
-    try:
-        res = tune.get_context().get_trial_resources().required_resources
-    except Exception:
-        return 1.0, 0.0
-    return float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
-
-
-def pick_device(requested: str, gpus: float) -> str:
-    """The trial's device: a GPU only when the trial was given one (Ray sets CUDA_VISIBLE_DEVICES to
-    the trial's GPU ids, so its first assigned GPU is ``cuda:0``); ``cpu`` otherwise."""
+def trial_device(requested: str) -> str:
+    """The trial's device name: an explicit one as given; ``auto``: its first GPU (``cuda:0``: Ray sets
+    CUDA_VISIBLE_DEVICES to the trial's GPUs) when Ray gave it one, else ``cpu``."""
     if requested != "auto":
         return requested
-    if gpus > 0:
-        import ray
+    import ray
 
-        return "cuda:0" if ray.get_gpu_ids() else "cpu"
-    return "cpu"
+    return "cuda:0" if ray.get_gpu_ids() else "cpu"
 
 
 def device_name(device: str) -> str:
+    """The device's human name (tag bigbatch.device): the GPU's model, or ``cpu (<processor>)``."""
     if device.startswith("cuda"):
         import torch
 
-        try:
-            return torch.cuda.get_device_name(torch.device(device))
-        except Exception:
-            return device
+        from bigbatch.train import resolve_device
+
+        return torch.cuda.get_device_name(resolve_device(device))
     import platform
 
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
-def make_trainable(train_fn: Callable[..., dict[str, Any]] | None = None) -> Callable[[dict[str, Any]], None]:
-    """The function trainable. ``train_fn`` defaults to ``bigbatch.train.train`` (tests may inject another)."""
+def _tune_value(v: Any) -> bool:
+    return isinstance(v, (int, float, bool))
 
-    def bigbatch_trial(config: dict[str, Any]) -> None:
-        run_trial(config, train_fn)
+
+def make_trainable(context: SweepContext, train_fn: Callable[..., dict[str, Any]] | None = None) -> Callable[[dict[str, Any]], None]:
+    """The function trainable of one sweep. ``train_fn`` defaults to ``bigbatch.train.train`` (tests may inject another)."""
+
+    def bigbatch_trial(params: dict[str, Any]) -> None:
+        run_trial(context, params, train_fn)
 
     return bigbatch_trial
 
 
-def run_trial(config: dict[str, Any], train_fn: Callable[..., dict[str, Any]] | None = None) -> None:
+def run_trial(context: SweepContext, params: dict[str, Any], train_fn: Callable[..., dict[str, Any]] | None = None) -> None:
     import torch
 
     if train_fn is None:
@@ -77,41 +73,36 @@ def run_trial(config: dict[str, Any], train_fn: Callable[..., dict[str, Any]] | 
     # Keep HTTP tracking calls short inside trials: a dead server must not stall training for minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-
     # one "Checkpoint successfully created" line per epoch and trial would drown the trial table
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    # MLflow's "View run ... at http://..." lines, once per trial
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    if "sweep" not in config or "base" not in config:
-        raise RuntimeError(f"trial config without 'sweep'/'base' keys ({sorted(config)}): not a bigbatch sweep trial")
-    sweep = config["sweep"]
-    cpus, gpus = trial_resources()
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ... at http://...", once per trial
+
+    ctx = tune.get_context()
+    cpus = float(ctx.get_trial_resources().required_resources.get("CPU", 1.0))
     torch.set_num_threads(max(1, int(cpus)))
-    cfg = trial_run_config(config)
-    device = pick_device(cfg.device, gpus)
-    cfg = cfg.replace(device=device)
-    trial_id = tune.get_context().get_trial_id()
-    label = trial_label(cfg)
+    cfg = trial_run_config(context.base, params)
+    cfg = cfg.replace(device=trial_device(cfg.device))
+    trial_id = ctx.get_trial_id()
 
     local_dir = tempfile.mkdtemp(prefix=f"bigbatch-{trial_id}-")
     try:
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             checkpoint.to_directory(local_dir)
-        logger = TrialLogger(sweep, cfg, trial_id, label, local_dir, device_name(device))
+        logger = TrialLogger(context.run, TrialInfo(cfg, trial_id, trial_label(cfg, context.searched), device_name(cfg.device)), local_dir)
         logger.start()
-        extra = {"batch_size": cfg.batch_size, "factor_lr": cfg.scaled_factor_lr}
+        extra = {"scaled_factor_lr": cfg.scaled_factor_lr}  # the CyclicLR factor after eq. 2 (the trial table's f)
 
         def report(metrics: dict[str, Any]) -> None:
-            logger.log_epoch(metrics)  # before Tune persists the directory: pending epochs travel with it
-            out = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))}, **extra, "mlflow_run_id": logger.run_id or ""}
+            logger.log_epoch(metrics)  # before Tune persists the directory
+            out = {**{k: v for k, v in metrics.items() if _tune_value(v)}, **extra, "mlflow_run_id": logger.run_id or ""}
             if metrics.get("checkpointed"):
                 tune.report(out, checkpoint=tune.Checkpoint.from_directory(local_dir))
             else:
                 tune.report(out)
 
         try:
-            summary = train_fn(cfg, report=report, checkpoint_dir=local_dir, checkpoint_every=int(sweep.get("checkpoint_every", 1)))
+            summary = train_fn(cfg, report=report, checkpoint_dir=local_dir, checkpoint_every=context.checkpoint_every)
         except SystemExit:  # Tune stopped the trial (a scheduler such as ASHA): a result, not a failure
             logger.stopped()
             raise
@@ -120,9 +111,9 @@ def run_trial(config: dict[str, Any], train_fn: Callable[..., dict[str, Any]] | 
             raise
         logger.finish(summary)
         history = summary.get("history") or [{}]
-        final = {k: v for k, v in history[-1].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        final.update(extra)
+        final = {k: v for k, v in history[-1].items() if _tune_value(v) and not isinstance(v, bool)}
         final.update(
+            extra,
             status=summary.get("status", "completed"),
             test_acc=float(summary.get("test_acc", float("nan"))),
             best_val_acc=float(summary.get("best_val_acc", float("nan"))),

@@ -273,11 +273,12 @@ def test_out_of_memory_fails_only_that_trial_with_its_reason(tmp_path):
 
 
 def test_tracking_answer_lost_after_commit_does_not_duplicate_an_epoch(tmp_path, capsys):
-    """The server stores an epoch, then dies before answering: the trial buffers it, and when the
-    server answers again it re-reads the steps already stored instead of sending the epoch twice."""
+    """The server stores an epoch, then dies before answering: the epoch stays unsent in the trial's
+    history, and when the server answers again the trial re-reads the steps already stored instead of
+    sending the epoch twice."""
     import types
 
-    from sweeps.tracking import TrialLogger
+    from sweeps.tracking import SweepRun, TrialInfo, TrialLogger
 
     stored: dict[tuple[str, int], int] = {}
 
@@ -298,19 +299,19 @@ def test_tracking_answer_lost_after_commit_does_not_duplicate_an_epoch(tmp_path,
                 raise ConnectionError("Connection refused")
             return [types.SimpleNamespace(step=s) for (k, s) in stored if k == key]
 
-    sweep = {"tracking_uri": "http://127.0.0.1:1", "parent_run_id": "p", "experiment_id": "1", "sweep_name": "s"}
-    logger = TrialLogger(sweep, RunConfig(), "trial1", "label", tmp_path, "cpu")
-    client = logger._client = FlakyClient()
+    sweep = SweepRun("http://127.0.0.1:1", "bigbatch-exp6", "1", "p", "s", "row", "grid", "abc")
+    client = FlakyClient()
+    logger = TrialLogger(sweep, TrialInfo(RunConfig(), "trial1", "label", "cpu"), tmp_path, client=client)
     logger.run_id = "run1"
     epoch = lambda e: {"epoch": e, "val_acc": 50.0 + e, "train_loss": 2.0 - e / 10}  # noqa: E731
     logger.log_epoch(epoch(1))
     client.mode = "lose-answer"
-    logger.log_epoch(epoch(2))  # stored, but the answer is lost: buffered
-    logger.log_epoch(epoch(3))  # server down: buffered (also in the checkpoint directory)
-    assert [p["epoch"] for p in json.loads((tmp_path / "mlflow_pending.json").read_text())] == [2, 3]
+    logger.log_epoch(epoch(2))  # stored, but the answer is lost: unsent as far as the trial knows
+    logger.log_epoch(epoch(3))  # server down: unsent (the checkpoint's history holds it too)
+    assert logger.unsent() == [1, 2, 3]  # after a failure the trial knows nothing of the server: it will re-read
     client.mode = "ok"
     logger.log_epoch(epoch(4))
     assert stored == {(k, e): 1 for k in ("val_acc", "train_loss") for e in (1, 2, 3, 4)}  # each epoch once
-    assert logger.pending == [] and not (tmp_path / "mlflow_pending.json").exists()
+    assert logger.unsent() == []
     err = capsys.readouterr().err
     assert err.count("warning: MLflow logging failed for trial trial1") == 1 and "answers again" in err

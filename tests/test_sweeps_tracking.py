@@ -1,15 +1,20 @@
 """sweeps.tracking without Ray: the parent run is made once, a trial's run is found again after a restart
 (by the id in its checkpoint directory, or by its trial_id tag), epochs are logged once, and a tracking
-server that goes away mid-run buffers epochs instead of killing the trial."""
+server that goes away mid-run costs no epoch: the trial goes on, and the epochs MLflow lacks are logged
+from the training history (in memory, or the checkpoint's last.pt after a restart)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 from bigbatch.config import RunConfig
-from sweeps.tracking import PENDING_FILE, RUN_FILE, TrialLogger, check_tracking, TrackingError, setup_sweep
+from bigbatch.experiments import load_experiment
+from bigbatch.schema import CHECKPOINT, RUN_FILE
+from bigbatch.train import train
+from sweeps.tracking import SweepRun, TrackingError, TrialInfo, TrialLogger, check_tracking, checkpoint_history, open_sweep
 
 
 def epoch(e: int) -> dict:
@@ -18,12 +23,18 @@ def epoch(e: int) -> dict:
 
 
 @pytest.fixture
-def sweep(tmp_path):
+def sweep(tmp_path) -> SweepRun:
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    exp_id, parent = setup_sweep(uri, "bigbatch-exp6", "s1", {"bigbatch.experiment": "exp6"}, {"num_trials": 1})
-    assert setup_sweep(uri, "bigbatch-exp6", "s1", {}, {}) == (exp_id, parent)  # found again, not duplicated
-    return {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "sweep_name": "s1", "paper_row": "row",
-            "search": "grid", "git_commit": "abc"}
+    exp = load_experiment("exp6")
+    kw = dict(dataset="synthetic", search="grid", smoke_test=True, params={"num_trials": 1})
+    run = open_sweep(uri, exp, "s1", **kw)
+    assert run.mlflow_experiment == "bigbatch-exp6" and run.paper_row == exp.label
+    assert open_sweep(uri, exp, "s1", **kw) == run  # found again, not duplicated
+    return run
+
+
+def logger_for(sweep: SweepRun, cfg: RunConfig, trial_id: str, label: str, d, **kw) -> TrialLogger:
+    return TrialLogger(sweep, TrialInfo(cfg, trial_id, label, "cpu"), d, **kw)
 
 
 def steps(logger: TrialLogger, key: str = "val_acc") -> list[int]:
@@ -34,17 +45,17 @@ def test_restarted_trial_reopens_its_run_and_logs_each_epoch_once(sweep, tmp_pat
     cfg = RunConfig(experiment="exp6", dataset="synthetic")
     d = tmp_path / "ckpt"
     d.mkdir()
-    a = TrialLogger(sweep, cfg, "t1", "exp6 bs=32 f=10 seed=0", d, "cpu")
+    a = logger_for(sweep, cfg, "t1", "exp6 bs=32 f=10 seed=0", d)
     run_id = a.start()
     assert json.loads((d / RUN_FILE).read_text())["run_id"] == run_id
     a.log_epoch(epoch(1))
     a.log_epoch(epoch(2))
     a.log_epoch(epoch(2))  # a duplicate report
-    b = TrialLogger(sweep, cfg, "t1", "exp6 bs=32 f=10 seed=0", d, "cpu")  # restored from the checkpoint dir
+    b = logger_for(sweep, cfg, "t1", "exp6 bs=32 f=10 seed=0", d)  # restored from the checkpoint dir
     assert b.start() == run_id
     for e in (2, 3):  # epoch 2 re-run after a resume from the epoch-1 checkpoint
         b.log_epoch(epoch(e))
-    c = TrialLogger(sweep, cfg, "t1", "x", tmp_path / "empty", "cpu")  # killed before its first checkpoint persisted
+    c = logger_for(sweep, cfg, "t1", "x", tmp_path / "empty")  # killed before its first checkpoint persisted
     (tmp_path / "empty").mkdir()
     assert c.start() == run_id  # found by its trial_id tag
     b.finish({"status": "completed", "best_val_acc": 30.0, "best_epoch": 3, "test_acc": 29.0, "test_loss": 1.0,
@@ -52,11 +63,11 @@ def test_restarted_trial_reopens_its_run_and_logs_each_epoch_once(sweep, tmp_pat
     assert steps(b) == [1, 2, 3] and steps(b, "lr") == [1, 2, 3]
     run = b.client.get_run(run_id)
     assert run.data.tags["bigbatch.status"] == "completed" and run.data.metrics["test_acc"] == 29.0
-    assert run.data.tags["mlflow.parentRunId"] == sweep["parent_run_id"]
-    assert len(b.client.search_runs([sweep["experiment_id"]], "tags.`bigbatch.role` = 'trial'")) == 1
+    assert run.data.tags["mlflow.parentRunId"] == sweep.parent_run_id
+    assert len(b.client.search_runs([sweep.experiment_id], "tags.`bigbatch.role` = 'trial'")) == 1
 
 
-def test_unreachable_tracking_server_buffers_then_flushes(sweep, tmp_path, monkeypatch, capsys):
+def test_unreachable_tracking_server_loses_no_epoch(sweep, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     with pytest.raises(TrackingError, match="unreachable"):
@@ -64,24 +75,40 @@ def test_unreachable_tracking_server_buffers_then_flushes(sweep, tmp_path, monke
     cfg = RunConfig(experiment="exp6", dataset="synthetic")
     d = tmp_path / "ckpt"
     d.mkdir()
-    dead = {**sweep, "tracking_uri": "http://127.0.0.1:9"}
-    logger = TrialLogger(dead, cfg, "t2", "exp6 bs=64", d, "cpu")
+    dead = SweepRun(**{**sweep.to_json(), "tracking_uri": "http://127.0.0.1:9"})
+    logger = logger_for(dead, cfg, "t2", "exp6 bs=64", d)
     assert logger.start() is None  # no exception: the trial goes on
     logger.log_epoch(epoch(1))
     logger.log_epoch(epoch(2))
-    assert [p["epoch"] for p in json.loads((d / PENDING_FILE).read_text())] == [1, 2]  # travels with the checkpoint
+    assert logger.unsent() == [1, 2]
     assert capsys.readouterr().err.count("warning: MLflow") == 1  # warned once
-    # the server is back (here: the sweep's real store); a restarted trial reads the pending epochs from its directory
-    again = TrialLogger(sweep, cfg, "t2", "exp6 bs=64", d, "cpu")
+    # The trial is restored elsewhere from its checkpoint (bigbatch.train keeps the history in last.pt) and
+    # the server is back (here: the sweep's real store): the epochs MLflow lacks come from that history.
+    torch.save({"epoch": 2, "history": [epoch(1), epoch(2)]}, d / CHECKPOINT)
+    again = logger_for(sweep, cfg, "t2", "exp6 bs=64", d)
+    assert again.unsent() == [1, 2]
     again.log_epoch(epoch(3))
-    assert steps(again) == [1, 2, 3] and not (d / PENDING_FILE).exists()
+    assert steps(again) == [1, 2, 3] and again.unsent() == []
+    again.log_epoch(epoch(3))  # a re-run epoch (Tune's resume is at-least-once): not logged twice
+    assert steps(again) == [1, 2, 3]
+
+
+def test_checkpoint_history_reads_what_train_saves(tmp_path):
+    cfg = RunConfig(dataset="synthetic", synthetic_size=384, val_size=128, width_mult=0.125, epochs=2, eval_batch_size=256,
+                    device="cpu")
+    seen = []
+    summary = train(cfg, report=seen.append, checkpoint_dir=tmp_path)
+    history = checkpoint_history(tmp_path)
+    assert [m["epoch"] for m in history] == [1, 2] and history == summary["history"]
+    assert all(history[i]["val_acc"] == seen[i]["val_acc"] for i in range(2))
+    assert checkpoint_history(tmp_path / "nowhere") == []
 
 
 def test_diverged_run_is_a_result(sweep, tmp_path):
     cfg = RunConfig(experiment="exp3", dataset="synthetic", batch_size=1024)
     d = tmp_path / "ckpt"
     d.mkdir()
-    logger = TrialLogger(sweep, cfg, "t3", "exp3 bs=1024 seed=0", d, "cpu")
+    logger = logger_for(sweep, cfg, "t3", "exp3 bs=1024 seed=0", d)
     logger.start()
     logger.log_epoch(epoch(1))
     logger.finish({"status": "diverged", "best_val_acc": 10.0, "best_epoch": 0, "test_acc": 10.0, "test_loss": float("nan"),
