@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from bigbatch.config import OneLineArgumentParser
-from bigbatch.experiments import PAPER_BATCH_SIZES, PAPER_TABLE, TABLE_EXPERIMENTS, load_experiment
+from bigbatch.experiments import EXPERIMENTS, PAPER_BATCH_SIZES, PAPER_TABLE, TABLE_EXPERIMENTS, load_experiment
 from bigbatch.schema import FINISHED, ROLE_SWEEP, mlflow_experiment
 
 from . import lr_grid
@@ -56,7 +56,7 @@ SHORT_NAMES = {"factor_lr": "f"}  # how a chosen setting is written in a cell: [
 DECLARED = {e: load_experiment(e) for e in TABLE_EXPERIMENTS}
 # Keys the experiments declare as searched (bigbatch/configs: "search"), e.g. factor_lr: only these get the
 # edge-of-grid mark; any other key that varies inside a cell gets a "runs differ in ..." warning.
-SEARCH_KEYS = frozenset(k for exp in DECLARED.values() for k in exp.search)
+SEARCH_KEYS = frozenset(k for e in EXPERIMENTS for k in load_experiment(e).search)  # lr-grid's lr too
 # The value the paper's row used for each searched key: the experiment's declared config (exp5: factor_lr 10).
 PAPER_ROW_SETTING = {e: {k: exp.config.get(k) for k in exp.search} for e, exp in DECLARED.items()}
 # Config keys that never define a nuisance setting: identity, bookkeeping, values derived from others.
