@@ -291,13 +291,13 @@ def _load_fashion_mnist(root: Path, download: bool):
             try:
                 tensors.append(read(extract_archive(str(folder / name), tmp)))
             except Exception as e:  # gzip, header or size errors
-                raise DataError(f"corrupt Fashion-MNIST file {folder / name}: {_one_line(e)}; replace it "
-                                "(download=true fetches the official files)") from None
+                raise DataError(f"corrupt Fashion-MNIST file {folder / name}: {_one_line(e)}; replace it with the "
+                                f"official file, or delete {folder} and set download=true") from None
     train_x, train_y, test_x, test_y = tensors
     for x, y in ((train_x, train_y), (test_x, test_y)):
         if x.shape[1:] != (28, 28) or y.shape != x.shape[:1] or y.max() > 9:
-            raise DataError(f"corrupt Fashion-MNIST files in {folder}: {tuple(x.shape)} images, "
-                            f"{tuple(y.shape)} labels up to {y.max()}; expected (N, 28, 28), (N,), 0..9")
+            raise DataError(f"corrupt Fashion-MNIST files in {folder}: {tuple(x.shape)} images, {tuple(y.shape)} "
+                            f"labels up to {y.max()}, expected (N, 28, 28), (N,), 0..9; replace them with the official files")
 
     def pad(x: torch.Tensor) -> torch.Tensor:
         return F.pad(x.unsqueeze(1), (2, 2, 2, 2))  # zero border -> (N, 1, 32, 32), the VGG input size
