@@ -143,6 +143,34 @@ def test_download_failure_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, 
         assert calls[0][0].endswith("train-images-idx3-ubyte.gz") and calls[0][1] == "8d4fb7e6c68d591d4c3dfef9ec88bf0d"
 
 
+@pytest.mark.parametrize("dataset", ["cifar10", "fashion-mnist"])
+def test_download_goes_through_torchvision(tmp_path, monkeypatch, dataset):
+    # torchvision's download step is replaced by a local copy; the rest (layout, md5 of the CIFAR
+    # files, extraction, parsing) is torchvision's and this module's own path
+    import shutil
+
+    import torchvision.datasets.cifar as tv_cifar
+    import torchvision.datasets.mnist as tv_mnist
+    from torchvision.datasets.utils import extract_archive
+
+    if dataset == "fashion-mnist" and not FASHION_DIR.is_dir():
+        pytest.skip(f"Fashion-MNIST not present in {FASHION_DIR}")
+
+    def fake_cifar(url, download_root, **kw):
+        trust_cifar(monkeypatch, write_cifar(download_root, n_train=500, n_test=100))
+
+    def fake_fashion(url, download_root, filename, md5):
+        shutil.copy(FASHION_DIR / filename, Path(download_root) / filename)
+        extract_archive(str(Path(download_root) / filename))
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", fake_cifar)
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", fake_fashion)
+    root = tmp_path / "data"
+    s = load_data(RunConfig(dataset=dataset, data_dir=str(root), download=True, val_size=100), "cpu")
+    assert len(s.test) == (100 if dataset == "cifar10" else 10000)
+    assert (root / ("cifar-10-batches-py" if dataset == "cifar10" else "FashionMNIST/raw")).is_dir()
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong_shape", "missing"])
 def test_corrupt_cifar_file(cifar, tmp_path, damage):
     path = cifar / "data_batch_3"
