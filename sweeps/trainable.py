@@ -5,8 +5,8 @@
   closed over by the trainable (``make_trainable``), saved in the sweep directory, and rebuilt from
   there on ``--resume``.
 - The device comes from the resources Tune gave the trial (not from ``torch.cuda.is_available()``:
-  a 0-GPU worker on a GPU node still sees the parent's CUDA_VISIBLE_DEVICES, ray#54868);
-  ``bigbatch.train.resolve_device`` checks the name.
+  a 0-GPU worker on a GPU node still sees the parent's CUDA_VISIBLE_DEVICES, ray#54868): ``cpu`` or
+  ``cuda:0``, a name ``bigbatch.train.resolve_device`` checks inside ``train``.
 - The trial trains in a local directory restored from ``tune.get_checkpoint()``; ``train`` resumes
   from ``last.pt`` there. After every epoch ``train`` writes the checkpoint (every ``checkpoint_every``
   epochs) and calls ``report``, which logs the epoch to MLflow and hands the directory to Tune. The
@@ -44,9 +44,10 @@ def device_name(device: str) -> str:
     if device.startswith("cuda"):
         import torch
 
-        from bigbatch.train import resolve_device
-
-        return torch.cuda.get_device_name(resolve_device(device))
+        try:
+            return torch.cuda.get_device_name(torch.device(device))
+        except Exception:  # no such GPU: train() refuses it (bigbatch.train.resolve_device), with the reason
+            return device
     import platform
 
     return f"cpu ({platform.processor() or platform.machine()})"
@@ -91,7 +92,8 @@ def run_trial(context: SweepContext, params: dict[str, Any], train_fn: Callable[
             checkpoint.to_directory(local_dir)
         logger = TrialLogger(context.run, TrialInfo(cfg, trial_id, trial_label(cfg, context.searched), device_name(cfg.device)), local_dir)
         logger.start()
-        extra = {"scaled_factor_lr": cfg.scaled_factor_lr}  # the CyclicLR factor after eq. 2 (the trial table's f)
+        # the CyclicLR factor after eq. 2 (the trial table's f); factor_lr, if searched, is in the trial's params
+        extra = {"scaled_factor_lr": cfg.scaled_factor_lr} if cfg.schedule == "cyclic" else {}
 
         def report(metrics: dict[str, Any]) -> None:
             logger.log_epoch(metrics)  # before Tune persists the directory

@@ -56,7 +56,7 @@ CASES = [
     Case("train-unknown-recipe", (*TRAIN, "--config", "exp5", "--recipe", "papers"), "unknown recipe 'papers'; valid: text, authors-code"),
     Case("train-data-missing-download-refused", (*TRAIN, "--set", "download=false", "data_dir={in}/nodata"),
          "CIFAR-10 not found in {in}/nodata/cifar-10-batches-py and download=false"),
-    Case("train-fashion-mnist-missing", (*TRAIN, "--set", "dataset=fashion-mnist", "data_dir={in}/nodata"),
+    Case("train-fashion-mnist-missing", (*TRAIN, "--set", "dataset=fashion-mnist", "download=false", "data_dir={in}/nodata"),
          "Fashion-MNIST files not found in {in}/nodata"),
     Case("train-corrupt-data", (*TRAIN, "--set", "data_dir={in}/corrupt", "download=false"),
          "corrupt CIFAR-10 file {in}/corrupt/cifar-10-batches-py/data_batch_1"),
@@ -116,7 +116,7 @@ def _snapshot(d: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    from bigbatch.data import write_cifar
+    from fixtures import write_cifar  # tests/fixtures.py: the official CIFAR format
 
     d = tmp_path_factory.mktemp("inputs")
     (d / "bad.json").write_text('{"batch_size": ')
