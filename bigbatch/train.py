@@ -398,14 +398,15 @@ def train(
 
 
 def _summary(run: Run, status: str, diverged_epoch: int | None) -> dict[str, Any]:
-    chance = 100.0 / run.data.num_classes
-    if status == "diverged":
-        best_val_acc, best_epoch = chance, 0
-        test_loss, test_acc = float("nan"), chance
-    else:
-        _raw_model(run).load_state_dict(run.best_state)  # the paper's rule: test the best-val model
+    if run.best_state is not None:
+        # the paper's rule: test the best-validation model; after a divergence, the best one before it
+        # (the authors' code saved it at every improvement)
+        _raw_model(run).load_state_dict(run.best_state)
         test_loss, test_acc = evaluate(run, run.data.test)
         best_val_acc, best_epoch = run.best_val_acc, run.best_epoch
+    else:  # diverged in its first epoch: no model to test, chance level
+        best_val_acc = test_acc = 100.0 / run.data.num_classes
+        best_epoch, test_loss = 0, float("nan")
     return {
         "status": status,
         "best_val_acc": best_val_acc,

@@ -62,12 +62,45 @@ def test_test_accuracy_is_of_the_best_validation_model(monkeypatch):
     assert (summary["best_val_acc"], summary["best_epoch"]) == (90.0, 2)
 
 
-def test_divergence_stops_with_chance_level_results():
+def test_divergence_in_the_first_epoch_reports_chance_level():
     seen = []
     summary = train(RunConfig(**dict(TINY, lr=1e6, epochs=3)), report=seen.append)
     assert summary["status"] == "diverged"
     assert summary["test_acc"] == pytest.approx(10.0) and summary["best_val_acc"] == pytest.approx(10.0)
-    assert summary["diverged_epoch"] == 1 and seen == []
+    assert summary["best_epoch"] == 0 and math.isnan(summary["test_loss"])
+    assert summary["diverged_epoch"] == 1 and summary["epochs_run"] == 0 and seen == []
+
+
+def test_divergence_after_good_epochs_reports_the_best_model_before_it(tmp_path, monkeypatch):
+    """The loss turns non-finite in epoch 3 (the weights are poisoned with NaN as it starts): the run is
+    'diverged' at epoch 3, and its summary is that of the best validation epoch before (epoch 1 here,
+    not the last good one), tested with those weights: the weights of best_model.pt."""
+    states = {}
+    _scripted_val(monkeypatch, [60.0, 20.0], states)
+    real_epoch = train_mod.train_epoch
+
+    def poisoned_epoch(run):
+        if run.epoch == 2:
+            with torch.no_grad():
+                for p in run.model.parameters():
+                    p.fill_(float("nan"))
+        return real_epoch(run)
+
+    monkeypatch.setattr(train_mod, "train_epoch", poisoned_epoch)
+    cfg = RunConfig(**dict(TINY, epochs=4))
+    seen = []
+    summary = train(cfg, report=seen.append, checkpoint_dir=tmp_path)
+    assert (summary["status"], summary["diverged_epoch"], summary["epochs_run"]) == ("diverged", 3, 2)
+    assert [m["epoch"] for m in seen] == [1, 2]
+    assert (summary["best_val_acc"], summary["best_epoch"]) == (60.0, 1)
+    best = torch.load(tmp_path / BEST_MODEL, weights_only=True)
+    assert _same_state(best, states[1])
+    # the test figures are those of the best model, evaluated afresh
+    run = train_mod.setup(cfg)
+    run.model.load_state_dict(best)
+    test_loss, test_acc = train_mod.evaluate(run, run.data.test)
+    assert (summary["test_acc"], summary["test_loss"]) == (test_acc, test_loss)
+    assert math.isfinite(test_loss)  # not the chance-level placeholder (NaN)
 
 
 def test_same_seed_same_metrics_on_cpu():
