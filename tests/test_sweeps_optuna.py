@@ -24,7 +24,7 @@ def test_optuna_smoke_search_persists_and_continues(tmp_path):
                        capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     lines = r.stdout.splitlines()
-    head = next(i for i, l in enumerate(lines) if l.startswith("best factor_lr per batch size"))
+    head = next(i for i, l in enumerate(lines) if l.startswith("best factor per batch size"))  # f after eq. 2 (exp5: = factor_lr)
     table = {int(l.split()[0]): l.split() for l in lines[head + 2: head + 4]}
     assert set(table) == {64, 128}
     assert float(table[64][-1]) == 7.07 and float(table[128][-1]) == 5.0  # eq. 2: 10 * sqrt(32 / bs)
