@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -49,47 +48,6 @@ RESUME_FREE_KEYS = frozenset({"device", "data_dir", "download", "eval_batch_size
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (out of memory, a device that is not there). One line, for a user."""
-
-
-# ---------------------------------------------------------------------------------------------- fault injection
-FAULT_ENV = "BIGBATCH_FAULT_INJECT"
-
-
-def fault_injector(cfg: RunConfig) -> Callable[[int], None] | None:
-    """A test hook (docs/reliability.md): the fault named by ``$BIGBATCH_FAULT_INJECT``, or None.
-
-    The variable holds a JSON object: ``kind`` ("kill": the process SIGKILLs itself, as a worker dies;
-    "oom": a ``torch.OutOfMemoryError`` is raised, as on a full GPU), ``epoch`` (1-based: it fires right
-    after that epoch's first optimizer step, i.e. mid-epoch), optionally ``batch_size`` (only runs with
-    that batch size) and ``once`` (a marker file path: the fault fires only in the process that creates
-    it, so a retried trial does not fail again). Ray workers inherit the driver's environment.
-    """
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return None
-    try:
-        fault = json.loads(spec)
-        kind, epoch = fault["kind"], int(fault["epoch"])
-        if kind not in ("kill", "oom"):
-            raise ValueError(kind)
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{FAULT_ENV} must be a JSON object with kind kill|oom and epoch, got {spec!r}") from None
-    if fault.get("batch_size") not in (None, cfg.batch_size):
-        return None
-
-    def fire(current_epoch: int) -> None:
-        if current_epoch != epoch:
-            return
-        if fault.get("once"):
-            try:
-                os.close(os.open(fault["once"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                return
-        if kind == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {FAULT_ENV} at epoch {epoch})")
-
-    return fire
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -130,7 +88,6 @@ class Run:
     best_state: dict[str, torch.Tensor] | None = None
     best_saved_epoch: int = 0  # the epoch whose weights checkpoint_dir/best_model.pt holds (0: none)
     train_seconds: float = 0.0
-    fault: Callable[[int], None] | None = None  # test hook (fault_injector), called mid-epoch
 
     @property
     def step(self) -> int:
@@ -206,8 +163,6 @@ def train_epoch(run: Run) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i == 0 and run.fault is not None:
-            run.fault(run.epoch + 1)
         count = min(bs, n - i * bs)
         loss_sum += loss.detach().float() * count
         correct += (logits.detach().argmax(1) == y).sum()
@@ -349,7 +304,6 @@ def train(
     if checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     run = setup(cfg, device)
-    run.fault = fault_injector(cfg)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None:
         load_checkpoint(run, ckpt)

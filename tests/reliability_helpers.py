@@ -23,11 +23,17 @@ TIMING_KEYS = ("epoch_seconds", "images_per_second", "train_seconds")
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "momentum")  # deterministic per-epoch metrics
 
 
+FAULT_ENV = "BIGBATCH_FAULT_INJECT"  # a fault to inject, read by tests/fault_inject/sitecustomize.py
+FAULT_DIR = Path(__file__).resolve().parent / "fault_inject"
+
+
 def env(**extra: str) -> dict[str, str]:
     e = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO),
          "BIGBATCH_TEST_TAG": f"reliability-{uuid.uuid4().hex}"}
-    e.pop("BIGBATCH_FAULT_INJECT", None)
+    e.pop(FAULT_ENV, None)
     e.update(extra)
+    if FAULT_ENV in extra:  # every Python process of the run, Ray's workers included, imports the hook at start-up
+        e["PYTHONPATH"] = os.pathsep.join([str(FAULT_DIR), e["PYTHONPATH"]])
     return e
 
 

@@ -8,8 +8,9 @@
 - out of memory: that trial fails with a clear reason, the others finish.
 
 Sweeps run as subprocesses (``python -m sweeps.expN``) in their own sessions; every process they start
-is checked to be gone afterwards (tests/reliability_helpers.py). Faults inside trials come from the
-``BIGBATCH_FAULT_INJECT`` hook of bigbatch.train. The uninterrupted reference sweep is shared.
+is checked to be gone afterwards (tests/reliability_helpers.py). Faults inside trials are injected by
+``BIGBATCH_FAULT_INJECT`` (tests/fault_inject/sitecustomize.py, which wraps bigbatch.train's epoch in
+every process of the run). The uninterrupted reference sweep is shared.
 """
 
 from __future__ import annotations
