@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks in bench/: device choice, synchronised timing, machine facts.
+"""Helpers shared by the benchmarks in bench/: device choice (bigbatch's), synchronised timing, machine facts.
 
 The benchmarks are scripts (``python bench/throughput.py``); they import this module by its bare name
 because Python puts the script's directory first on ``sys.path``.
@@ -29,13 +29,14 @@ DEFAULT_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 
 
 def pick_device(name: str) -> torch.device:
-    """auto -> cuda when visible, else cpu; an explicit cuda without a GPU is a one-line error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} but no CUDA GPU is visible")
-    return dev
+    """bigbatch's one device picker (``bigbatch.train.resolve_device``: auto -> cuda when visible, else cpu),
+    its error as a one-line exit of the benchmark."""
+    from bigbatch.train import TrainingError, resolve_device
+
+    try:
+        return resolve_device(name)
+    except TrainingError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def sync(device: torch.device) -> None:
