@@ -99,10 +99,10 @@ class RunConfig:
     virtual_batch_size: int = 32  # ghost: images per group of a full batch; every batch, the short last one too, is cut into batch_size // this groups (authors' code)
     bn_momentum: float = 0.99  # running-stat update, PyTorch convention: weight of the new batch (authors' code; the text is silent)
     width_mult: float = 1.0  # channel multiplier of the convolutions (tests use narrow models)
-    dropout: float = 0.5  # classifier dropout probability
+    dropout: float = 0.5  # classifier dropout probability (authors' code; the text is silent)
 
     # ---- augmentation (runs on the training device, over the whole batch at once) ----
-    hflip_p: float = 0.5  # probability of a horizontal flip
+    hflip_p: float = 0.5  # probability of a horizontal flip (the text and the authors' code)
     rotate_p: float = 0.5  # probability of a rotation (the text; authors' code: 1.0)
     rotate_degrees: float = 15.0  # rotation drawn uniformly in +-degrees
     translate_p: float = 0.5  # probability of a translation (the text; authors' code: 1.0)
