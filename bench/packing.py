@@ -5,7 +5,7 @@ orchestration on CPU with tiny settings, for the smoke test only: CPU figures me
 
 Each of the K trials is a separate process (as Ray runs trials with ``--gpus-per-trial 1/K``: K=2 is
 ``0.5``, K=4 is ``0.25``; without CUDA MPS the processes time-share the GPU). Every process sets up
-bigbatch's pipeline (``setup``, data resident on the GPU, bf16, channels_last), warms up, waits until all
+bigbatch's pipeline (``setup``, data resident on the GPU, fp32, channels_last), warms up, waits until all
 K are ready, then repeats ``train_epoch`` + ``evaluate`` (train:eval images 2:1, like the paper's 40k:20k)
 for ``--seconds``. Reported per (batch size, K): total training images/s over all K (sum of images over
 the span from the first start to the last end), the speed-up against K=1, seconds per paper epoch
