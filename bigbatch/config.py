@@ -119,6 +119,12 @@ class RunConfig:
     compile: bool = False  # torch.compile the model (pays off only for long runs on a GPU)
     deterministic: bool = False  # deterministic algorithms on GPU (slower); CPU is always deterministic
 
+    # ---- measurements (bigbatch.measure): logged beside the run, never change its training ----
+    gns_images: int = 1024  # gradient noise scale: images per probe, in >= 2 batches of batch_size (0 = off); cost about max(gns_images, 2 bs) / n_train of an epoch
+    gns_every: int = 1  # epochs between gradient-noise-scale probes
+    sharpness_images: int = 1000  # Hessian top eigenvalue of the best model on this many training images (0 = off); cost about 1-2 epochs of those images
+    sharpness_iters: int = 20  # power-iteration steps (Hessian-vector products) for the sharpness
+
     # ------------------------------------------------------------------ derived values
     @property
     def total_epochs(self) -> int:
@@ -181,11 +187,12 @@ class RunConfig:
             value = getattr(self, key)
             if value not in allowed:
                 raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
-        positive_ints = ("batch_size", "epochs", "base_batch_size", "virtual_batch_size", "eval_batch_size", "synthetic_size")
+        positive_ints = ("batch_size", "epochs", "base_batch_size", "virtual_batch_size", "eval_batch_size", "synthetic_size",
+                         "gns_every", "sharpness_iters")
         for key in positive_ints:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
-        for key in ("val_size", "train_subset", "warmup_epochs"):
+        for key in ("val_size", "train_subset", "warmup_epochs", "gns_images", "sharpness_images"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("lr", "factor_lr", "width_mult", "cyclic_step_epochs", "gamma", "cyclic_gamma"):

@@ -144,10 +144,21 @@ class NoiseScale:
 def hessian_top_eigenvalue(model: nn.Module, batches: Sequence[Batch], iters: int = 20,
                            generator: torch.Generator | None = None, loss_fn: LossFn = F.cross_entropy,
                            tol: float = 1e-4) -> float:
-    """The largest-magnitude eigenvalue of the Hessian of the mean loss over ``batches`` (weighted by
-    batch size), by power iteration on Hessian-vector products, in the model's current mode (use eval
-    mode). ``generator`` (CPU) draws the start vector. Stops after ``iters`` products or when the
-    Rayleigh quotient changes by less than ``tol`` relative. Call it inside :func:`isolated`."""
+    """The largest (most positive) eigenvalue of the Hessian of the mean loss over ``batches`` (weighted
+    by batch size), in the model's current mode (use eval mode): power iteration on Hessian-vector
+    products finds the largest-magnitude eigenvalue; when that one is negative (away from a minimum),
+    a second power iteration on ``H - lambda I`` finds the top of the spectrum. ``generator`` (CPU) draws
+    the start vectors. Each iteration stops after ``iters`` products or when the Rayleigh quotient
+    changes by less than ``tol`` relative. Call it inside :func:`isolated`."""
+    top = _power_iteration(model, batches, iters, generator, loss_fn, tol, shift=0.0)
+    if top < 0:
+        top = _power_iteration(model, batches, iters, generator, loss_fn, tol, shift=top) + top
+    return top
+
+
+def _power_iteration(model: nn.Module, batches: Sequence[Batch], iters: int, generator: torch.Generator | None,
+                     loss_fn: LossFn, tol: float, shift: float) -> float:
+    """The largest-magnitude eigenvalue of ``H - shift I``."""
     params = _params(model)
     n = sum(int(x.shape[0]) for x, _ in batches)
     if n == 0:
@@ -164,6 +175,8 @@ def hessian_top_eigenvalue(model: nn.Module, batches: Sequence[Batch], iters: in
             dot = sum((g * u).sum() for g, u in zip(grads, v))
             for acc, h in zip(hv, torch.autograd.grad(dot, params)):
                 acc += h.detach()
+        if shift:
+            hv = [h - shift * u for h, u in zip(hv, v)]
         new = float(sum((h.double() * u.double()).sum() for h, u in zip(hv, v)))  # Rayleigh quotient v.Hv
         norm = _sq_norm(hv).sqrt()
         if float(norm) == 0.0:
@@ -217,11 +230,16 @@ class NoiseScaleProbe:
         return self.ema.update(g2, trace), raw
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "ema": self.ema.state_dict()}
+        state = {"generator": self.generator.get_state(), "ema": self.ema.state_dict()}
+        if hasattr(self.augment, "state_dict"):
+            state["augment"] = self.augment.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"].cpu())
         self.ema.load_state_dict(state["ema"])
+        if "augment" in state:
+            self.augment.load_state_dict(state["augment"])
 
 
 def sharpness(model: nn.Module, data, images: int, iters: int, seed: int, batch_size: int = 500) -> float:

@@ -63,11 +63,14 @@ FINISHED = ("completed", "diverged")  # runs that carry final metrics (test_acc 
 
 # ---------------------------------------------------------------------------------------------- metrics
 # Logged once per epoch, with step = the 1-based epoch.
+# gns: the gradient noise scale B_simple (EMA), gns_seconds its cost (bigbatch.measure; on epochs it is probed).
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "momentum", "epoch_seconds",
-                 "images_per_second")
+                 "images_per_second", "gns", "gns_seconds")
 STEP_KEY = "val_acc"  # the epoch metric whose steps say which epochs a run already holds
 # Logged once at the end of a run (accuracies in %, as the paper's Table I).
-SUMMARY_METRICS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "train_seconds")
+# sharpness: the training-loss Hessian's top eigenvalue at the best model (bigbatch.measure), with its cost.
+SUMMARY_METRICS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "train_seconds", "sharpness",
+                   "sharpness_seconds")
 # Params derived from the RunConfig (logged beside its keys): name -> type.
 DERIVED_PARAMS = {"scaled_lr": float, "total_epochs": int, "scaled_factor_lr": float}
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from .config import ConfigError, OneLineArgumentParser, RunConfig
 from .data import Augmenter, DataError, DataSplits, DeviceDataset, epoch_order, load_data, require_batch_fits
+from .measure import NoiseScaleProbe, sharpness
 from .model import build_model
 from .schedules import lr_schedule, momentum_schedule
 
@@ -81,6 +82,7 @@ class Run:
     order_gen: torch.Generator  # draws each epoch's permutation, on the device
     augment: Augmenter
     amp_dtype: torch.dtype | None  # torch.bfloat16 with precision bf16 (autocast); None: fp32
+    gns: NoiseScaleProbe | None = None  # gradient noise scale probe (own data stream; never changes training)
     epoch: int = 0  # epochs completed
     history: list[dict[str, Any]] = field(default_factory=list)
     best_val_acc: float = -1.0
@@ -132,8 +134,12 @@ def setup(cfg: RunConfig, device: torch.device | None = None, data: DataSplits |
     order_gen = torch.Generator(device=device)
     order_gen.manual_seed(cfg.seed + 1)
     augment = Augmenter(cfg, device, seed=cfg.seed + 2)
+    gns = None
+    if cfg.gns_images > 0:  # its own order generator and augmentation stream: the run's are untouched
+        gns = NoiseScaleProbe(data.train, cfg.batch_size, cfg.gns_images, seed=cfg.seed + 3,
+                              augment=Augmenter(cfg, device, seed=cfg.seed + 4))
     return Run(cfg, device, data, model, optimizer, lr_at, momentum_at, steps_per_epoch, order_gen, augment,
-               torch.bfloat16 if cfg.precision == "bf16" else None)
+               torch.bfloat16 if cfg.precision == "bf16" else None, gns)
 
 
 # ---------------------------------------------------------------------------------------------- loop
@@ -237,6 +243,8 @@ def save_checkpoint(run: Run, directory: Path) -> None:
     }
     if run.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(run.device)
+    if run.gns is not None:
+        rng["gns"] = run.gns.state_dict()
     new_best = run.best_state is not None and run.best_epoch != run.best_saved_epoch
     state = {
         "epoch": run.epoch,
@@ -273,6 +281,8 @@ def load_checkpoint(run: Run, directory: Path) -> bool:
     torch.set_rng_state(state["rng"]["torch"])
     run.order_gen.set_state(state["rng"]["order"])  # generator states are CPU byte tensors, on any device
     run.augment.load_state_dict(state["rng"]["augment"])
+    if run.gns is not None:
+        run.gns.load_state_dict(state["rng"]["gns"])
     if "cuda" in state["rng"] and run.device.type == "cuda":
         torch.cuda.set_rng_state(state["rng"]["cuda"], run.device)
     run.epoch = state["epoch"]
@@ -316,6 +326,7 @@ def train(
             if not math.isfinite(tr["train_loss"]):
                 status, diverged_epoch = "diverged", run.epoch + 1
                 break
+            probe = measure_noise_scale(run) if run.gns is not None and (run.epoch + 1) % cfg.gns_every == 0 else {}
             val_loss, val_acc = evaluate(run, run.data.val, augment=cfg.augment_val)
             run.epoch += 1
             best_changed = val_acc > run.best_val_acc
@@ -336,6 +347,7 @@ def train(
                 "images_per_second": tr["images"] / tr["seconds"],
                 "best_val_acc": run.best_val_acc,
                 "best_epoch": run.best_epoch,
+                **probe,
             }
             run.history.append(metrics)
             checkpointed = ckpt is not None and (run.epoch % checkpoint_every == 0 or run.epoch == total)
@@ -361,6 +373,12 @@ def _summary(run: Run, status: str, diverged_epoch: int | None) -> dict[str, Any
     else:  # diverged in its first epoch: no model to test, chance level
         best_val_acc = test_acc = 100.0 / run.data.num_classes
         best_epoch, test_loss = 0, float("nan")
+    extra = {}
+    if run.best_state is not None and run.cfg.sharpness_images > 0:  # Keskar et al.: the minimum the run chose
+        t0 = time.perf_counter()
+        extra["sharpness"] = sharpness(_raw_model(run), run.data.train, run.cfg.sharpness_images,
+                                       run.cfg.sharpness_iters, seed=run.cfg.seed + 5, batch_size=run.cfg.eval_batch_size)
+        extra["sharpness_seconds"] = time.perf_counter() - t0
     return {
         "status": status,
         "best_val_acc": best_val_acc,
@@ -376,7 +394,17 @@ def _summary(run: Run, status: str, diverged_epoch: int | None) -> dict[str, Any
         "device_name": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
         "history": run.history,
         "config": run.cfg.to_dict(),
+        **extra,
     }
+
+
+def measure_noise_scale(run: Run) -> dict[str, float]:
+    """One gradient-noise-scale probe at the current weights: ``gns`` (B_simple, EMA-smoothed), ``gns_raw``
+    (this probe alone) and ``gns_seconds`` (its cost); empty when the estimate is not finite."""
+    t0 = time.perf_counter()
+    smoothed, raw = run.gns(_raw_model(run), run.autocast)
+    out = {"gns": smoothed, "gns_raw": raw, "gns_seconds": time.perf_counter() - t0}
+    return {k: v for k, v in out.items() if math.isfinite(v)} if math.isfinite(smoothed) else {}
 
 
 # ---------------------------------------------------------------------------------------------- CLI

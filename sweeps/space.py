@@ -32,6 +32,10 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "epochs": 2,
     "eval_batch_size": 256,
     "download": False,
+    # the measurements on, small: a probe of 2 batches per epoch, a 5-step power iteration on 128 images
+    "gns_images": 2,
+    "sharpness_images": 128,
+    "sharpness_iters": 5,
 }
 # Schedule-specific smoke settings so that every experiment is valid (and its schedule visible) in 2-3 epochs.
 SMOKE_SCHEDULE_OVERRIDES: dict[str, dict[str, Any]] = {

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-TIMING_KEYS = ("epoch_seconds", "images_per_second", "train_seconds")
+TIMING_KEYS = ("epoch_seconds", "images_per_second", "train_seconds", "gns_seconds", "sharpness_seconds")
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "momentum")  # deterministic per-epoch metrics
 
 

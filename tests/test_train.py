@@ -16,13 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # A narrow VGG13 on a few hundred synthetic images: seconds per run on a 2-core CPU.
 TINY = dict(dataset="synthetic", synthetic_size=384, val_size=128, width_mult=0.125, batch_size=32,
-            epochs=3, eval_batch_size=256, seed=0, device="cpu", lr=0.05)
+            epochs=3, eval_batch_size=256, seed=0, device="cpu", lr=0.05,
+            gns_images=0, sharpness_images=0)  # the measurements: tests/test_measure.py
 # Every source of randomness and state at once: ghost BN, cyclic lr with cycling momentum,
 # all augmentations, augmented validation, weight decay, a kept partial batch.
 STATEFUL = dict(TINY, norm="ghost", virtual_batch_size=16, schedule="cyclic", factor_lr=4.0, cyclic_step_epochs=1,
                 cycle_momentum=True, rotate_p=1.0, translate_p=1.0, augment_val=True, weight_decay=1e-4,
                 drop_last=False, epochs=4, batch_size=40)
 
+TIMING = ("epoch_seconds", "images_per_second", "gns_seconds")
 REQUIRED_EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
                        "images_per_second", "momentum", "best_val_acc", "best_epoch", "checkpointed"}
 
@@ -107,13 +109,13 @@ def test_same_seed_same_metrics_on_cpu():
     a = train(RunConfig(**STATEFUL))
     b = train(RunConfig(**STATEFUL))
     assert a["history"] and [
-        {k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_second")} for m in a["history"]
-    ] == [{k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_second")} for m in b["history"]]
+        {k: v for k, v in m.items() if k not in TIMING} for m in a["history"]
+    ] == [{k: v for k, v in m.items() if k not in TIMING} for m in b["history"]]
     assert (a["test_acc"], a["test_loss"]) == (b["test_acc"], b["test_loss"])
 
 
 def _strip(history):
-    return [{k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_second", "checkpointed")} for m in history]
+    return [{k: v for k, v in m.items() if k not in (*TIMING, "checkpointed")} for m in history]
 
 
 class Stop(Exception):
