@@ -27,6 +27,15 @@ def eq2(factor_lr: float, base_batch_size: float, batch_size: float) -> float:
     return factor_lr * math.sqrt(base_batch_size / batch_size)
 
 
+def whole_epochs(epochs: float) -> int:
+    """A scaled epoch count as whole epochs, for schedules stepped once per epoch: rounded half up
+    (not Python's half-to-even), at least 1 when ``epochs`` > 0, 0 when it is 0. Exact for whole
+    numbers (a 1e-9 tolerance absorbs float noise such as 30 * 0.1 = 3.0000000000000004)."""
+    if epochs <= 0:
+        return 0
+    return max(1, math.floor(epochs + 0.5 + 1e-9))
+
+
 class ConfigError(ValueError):
     """A run configuration that cannot be trained. The message is one line, meant for a user."""
 
@@ -73,6 +82,7 @@ class RunConfig:
     batch_size: int = 32  # images per SGD step
     epochs: int = 100  # epochs at base_batch_size (see epochs_scaling)
     epochs_scaling: str = "none"  # none | linear: epochs * batch_size / base_batch_size (experiment 2)
+    epoch_scale: float = 1.0  # multiplies every epoch count (epochs after epochs_scaling, warmup_epochs, milestones, cyclic_step_epochs): fractional epochs become steps; 1 = the paper
     lr: float = 0.01  # learning rate at base_batch_size (see lr_scaling)
     base_batch_size: int = 32  # the batch size that lr, epochs and factor_lr are quoted at
     lr_scaling: str = "none"  # none | linear (eq. 1: lr * bs / base) | sqrt (lr * sqrt(bs / base))
@@ -128,10 +138,30 @@ class RunConfig:
     # ------------------------------------------------------------------ derived values
     @property
     def total_epochs(self) -> int:
-        """Epochs this run trains for, after epoch scaling (experiment 2: 100 * bs / 32)."""
+        """Epochs this run trains for, after epoch scaling (experiment 2: 100 * bs / 32), times
+        ``epoch_scale`` (rounded, at least 1)."""
+        epochs = self.epochs
         if self.epochs_scaling == "linear":
-            return max(1, round(self.epochs * self.batch_size / self.base_batch_size))
-        return self.epochs
+            epochs = max(1, round(self.epochs * self.batch_size / self.base_batch_size))
+        if self.epoch_scale == 1.0:
+            return epochs
+        return max(1, round(epochs * self.epoch_scale))
+
+    @property
+    def scaled_warmup_epochs(self) -> float:
+        """warmup_step: the warmup's length in epochs after ``epoch_scale`` (may be fractional; per-epoch
+        warmup rounds it to whole epochs, see ``whole_epochs``)."""
+        return self.warmup_epochs * self.epoch_scale
+
+    @property
+    def scaled_milestones(self) -> tuple[float, ...]:
+        """warmup_step: the decay milestones in epochs after ``epoch_scale`` (may be fractional)."""
+        return tuple(m * self.epoch_scale for m in self.milestones)
+
+    @property
+    def scaled_cyclic_step_epochs(self) -> float:
+        """cyclic: half a cycle in epochs of full batches after ``epoch_scale``."""
+        return self.cyclic_step_epochs * self.epoch_scale
 
     @property
     def scaled_lr(self) -> float:
@@ -195,7 +225,7 @@ class RunConfig:
         for key in ("val_size", "train_subset", "warmup_epochs", "gns_images", "sharpness_images"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("lr", "factor_lr", "width_mult", "cyclic_step_epochs", "gamma", "cyclic_gamma"):
+        for key in ("lr", "factor_lr", "width_mult", "cyclic_step_epochs", "gamma", "cyclic_gamma", "epoch_scale"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{key} must be a positive number, got {value}")
@@ -216,9 +246,11 @@ class RunConfig:
                 f"virtual_batch_size={self.virtual_batch_size} is larger than batch_size={self.batch_size}"
             )
         if self.schedule == "warmup_step":
-            if self.warmup_epochs >= self.total_epochs:
+            warmup = self.scaled_warmup_epochs if self.warmup_per_iteration else whole_epochs(self.scaled_warmup_epochs)
+            if warmup >= self.total_epochs:
+                scaled = "" if self.epoch_scale == 1.0 else f" (x epoch_scale {self.epoch_scale:g} = {warmup:g} epochs)"
                 raise ConfigError(
-                    f"warmup_epochs={self.warmup_epochs} is not shorter than training ({self.total_epochs} epochs)"
+                    f"warmup_epochs={self.warmup_epochs}{scaled} is not shorter than training ({self.total_epochs} epochs)"
                 )
             if list(self.milestones) != sorted(set(self.milestones)) or any(m <= 0 for m in self.milestones):
                 raise ConfigError(f"milestones must be strictly increasing positive epochs, got {list(self.milestones)}")
@@ -291,7 +323,7 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
 
 
 DEFAULTS = RunConfig()
-__all__ = ["RunConfig", "ConfigError", "OneLineArgumentParser", "CHOICES", "DEFAULTS", "read_json", "parse_set"]
+__all__ = ["RunConfig", "ConfigError", "whole_epochs", "OneLineArgumentParser", "CHOICES", "DEFAULTS", "read_json", "parse_set"]
 
 
 def reference_table() -> str:

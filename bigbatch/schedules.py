@@ -21,6 +21,14 @@ step by step, with the torch schedulers they stand for):
   rises from the unscaled ``cfg.lr`` to ``cfg.scaled_lr`` (a start factor above 1, i.e. a batch
   size below ``base_batch_size``, simply interpolates downwards; torch's LinearLR would refuse it).
   ``warmup_epochs == 0`` means no warmup.
+* ``epoch_scale`` (default 1: all of the above exactly) multiplies every epoch count: the warmup, the
+  milestones and the cyclic half-period (and, in the config, the number of epochs). Fractional epochs
+  become steps: per iteration, a warmup of ``warmup_epochs * epoch_scale`` epochs lasts
+  ``round(warmup_epochs * epoch_scale * steps_per_epoch)`` steps and a milestone ``m`` falls at step
+  ``round(m * epoch_scale * steps_per_epoch)``; the half-period is ``round(cyclic_step_epochs *
+  epoch_scale * full_batches)``. Per epoch (the authors' stepping), the lr stays constant within every
+  epoch, so the scaled warmup and milestones are rounded half up to whole epochs, at least 1
+  (``bigbatch.config.whole_epochs``): a warmup of 5 * 0.1 = 0.5 epochs is one epoch at the unscaled lr.
 * ``cyclic`` (experiments 5, 6): ``CyclicLR(base_lr=lr / f, max_lr=lr * f)`` with ``lr =
   cfg.scaled_lr``, ``f = cfg.scaled_factor_lr``, ``step_size_up = step_size_down =
   max(1, round(cfg.cyclic_step_epochs * full_batches))`` (Python's round): half a cycle is 12 epochs
@@ -44,7 +52,7 @@ import math
 from functools import partial
 from typing import Any, Callable
 
-__all__ = ["lr_schedule", "momentum_schedule", "epoch_of", "cyclic_step_size"]
+__all__ = ["lr_schedule", "momentum_schedule", "epoch_of", "cyclic_step_size", "warmup_iters", "milestone_steps"]
 
 
 def epoch_of(step: int, steps_per_epoch: int) -> int:
@@ -56,7 +64,38 @@ def cyclic_step_size(cfg: Any, full_batches: int) -> int:
     """CyclicLR's step_size_up (= step_size_down) in optimizer steps: half a cycle, counted in epochs of
     full batches (``full_batches = n_train // batch_size``)."""
     _check_positive("full_batches", full_batches)
-    return max(1, round(cfg.cyclic_step_epochs * full_batches))
+    return max(1, round(_scale(cfg) * cfg.cyclic_step_epochs * full_batches))
+
+
+def _scale(cfg: Any) -> float:
+    return float(getattr(cfg, "epoch_scale", 1.0))
+
+
+def warmup_iters(cfg: Any, steps_per_epoch: int) -> int:
+    """warmup_step: the warmup's length in scheduler steps (LinearLR's total_iters). Per iteration:
+    ``round(warmup_epochs * epoch_scale * steps_per_epoch)`` optimizer steps; per epoch: the scaled
+    warmup rounded half up to whole epochs, at least 1 (``bigbatch.config.whole_epochs``), since a
+    schedule stepped once per epoch cannot end mid-epoch. 0: no warmup."""
+    epochs = cfg.warmup_epochs * _scale(cfg)
+    if cfg.warmup_per_iteration:
+        return round(epochs * steps_per_epoch)
+    return _whole_epochs(epochs)
+
+
+def milestone_steps(cfg: Any, steps_per_epoch: int) -> tuple[int, ...]:
+    """warmup_step: the first optimizer step at each decayed rate. Per iteration: ``round(m * epoch_scale
+    * steps_per_epoch)``; per epoch: the scaled milestone rounded half up to whole epochs (at least 1),
+    times steps_per_epoch. With epoch_scale 1 both are ``m * steps_per_epoch``."""
+    scale = _scale(cfg)
+    if cfg.warmup_per_iteration:
+        return tuple(round(m * scale * steps_per_epoch) for m in cfg.milestones)
+    return tuple(_whole_epochs(m * scale) * steps_per_epoch for m in cfg.milestones)
+
+
+def _whole_epochs(epochs: float) -> int:
+    from .config import whole_epochs  # the same rounding as the config's validation
+
+    return whole_epochs(epochs)
 
 
 def lr_schedule(cfg: Any, steps_per_epoch: int, full_batches: int) -> Callable[[int], float]:
@@ -71,9 +110,9 @@ def lr_schedule(cfg: Any, steps_per_epoch: int, full_batches: int) -> Callable[[
             _warmup_step,
             lr=lr,
             start_factor=cfg.lr / lr,
-            warmup_iters=cfg.warmup_epochs * (steps_per_epoch if per_iter else 1),
+            warmup_iters=warmup_iters(cfg, steps_per_epoch),
             warmup_unit=1 if per_iter else steps_per_epoch,
-            milestone_steps=tuple(m * steps_per_epoch for m in cfg.milestones),
+            milestone_steps=milestone_steps(cfg, steps_per_epoch),
             gamma=cfg.gamma,
         )
     if cfg.schedule == "cyclic":

@@ -190,3 +190,53 @@ def test_direct_construction_is_validated_too():
         RunConfig(batch_size=0)
     with pytest.raises(ConfigError, match="virtual_batch_size=32 is larger than batch_size=16"):
         RunConfig(norm="ghost", batch_size=16)
+
+
+# epoch_scale: the warmup must stay shorter than the scaled training on both sides of the boundary.
+# Per iteration the scaled warmup may be fractional; per epoch it is rounded half up to whole epochs.
+# name, config keys, error fragment (None: valid)
+EPOCH_SCALE_VALIDATION = [
+    ("per-iteration-warmup-4.5-of-5", dict(epochs=10, epoch_scale=0.5, warmup_epochs=9, milestones=[8]), None),
+    ("per-iteration-warmup-5-of-5", dict(epochs=10, epoch_scale=0.5, warmup_epochs=10, milestones=[8]),
+     "warmup_epochs=10 (x epoch_scale 0.5 = 5 epochs) is not shorter than training (5 epochs)"),
+    ("per-epoch-warmup-4-of-5", dict(epochs=10, epoch_scale=0.5, warmup_epochs=8, warmup_per_iteration=False, milestones=[8]), None),
+    ("per-epoch-warmup-4.5-rounds-to-5-of-5",
+     dict(epochs=10, epoch_scale=0.5, warmup_epochs=9, warmup_per_iteration=False, milestones=[8]),
+     "warmup_epochs=9 (x epoch_scale 0.5 = 5 epochs) is not shorter than training (5 epochs)"),
+    ("per-epoch-tiny-warmup-is-one-epoch-of-two", dict(epochs=100, epoch_scale=0.02, warmup_epochs=5, warmup_per_iteration=False), None),
+    ("per-epoch-tiny-warmup-is-one-epoch-of-one",
+     dict(epochs=100, epoch_scale=0.01, warmup_epochs=5, warmup_per_iteration=False),
+     "(x epoch_scale 0.01 = 1 epochs) is not shorter than training (1 epochs)"),
+    ("per-iteration-tiny-warmup-fits-one-epoch", dict(epochs=100, epoch_scale=0.01, warmup_epochs=5), None),
+    ("exp2-scaled-epochs-then-scale", dict(epochs=5, epochs_scaling="linear", batch_size=64, epoch_scale=0.5, warmup_epochs=4, milestones=[8]), None),
+    ("exp2-scaled-epochs-then-scale-too-short",
+     dict(epochs=5, epochs_scaling="linear", batch_size=64, epoch_scale=0.5, warmup_epochs=10, milestones=[8]),
+     "is not shorter than training (5 epochs)"),
+    ("scale-1-message-unchanged", dict(epochs=5, warmup_epochs=5), "warmup_epochs=5 is not shorter than training (5 epochs)"),
+    ("scale-zero", dict(epoch_scale=0), "epoch_scale must be a positive number, got 0"),
+    ("scale-negative", dict(epoch_scale=-0.5), "epoch_scale must be a positive number"),
+    ("scale-nan", dict(epoch_scale=float("nan")), "epoch_scale must be a positive number"),
+    ("scale-inf", dict(epoch_scale=float("inf")), "epoch_scale must be a positive number"),
+    ("scale-string", dict(epoch_scale="0.1"), "epoch_scale must be float"),
+    ("scale-int-accepted", dict(epoch_scale=2), None),
+    ("scale-tiny-trains-one-epoch", dict(epoch_scale=1e-6, schedule="constant"), None),
+]
+
+
+@pytest.mark.parametrize("name,changes,fragment", EPOCH_SCALE_VALIDATION, ids=[c[0] for c in EPOCH_SCALE_VALIDATION])
+def test_epoch_scale_validation(name, changes, fragment):
+    d = {"schedule": "warmup_step", **changes}
+    if fragment is None:
+        cfg = RunConfig.from_dict(d)
+        assert cfg.total_epochs >= 1 and isinstance(cfg.epoch_scale, float)
+        return
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict(d)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_whole_epochs_rounds_half_up():
+    from bigbatch.config import whole_epochs
+
+    cases = [(0, 0), (0.0, 0), (1e-9, 1), (0.2, 1), (0.5, 1), (1.0, 1), (1.4999, 1), (1.5, 2), (2.5, 3), (30 * 0.3, 9), (30 * 0.1, 3), (7.5, 8)]
+    assert [whole_epochs(x) for x, _ in cases] == [w for _, w in cases]

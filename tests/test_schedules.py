@@ -310,3 +310,138 @@ def test_epoch_of_and_input_checks():
         lr_schedule(BASE, 3, 3)(-1)
     with pytest.raises(ValueError, match="full_batches must be a positive integer"):
         lr_schedule(BASE.replace(schedule="cyclic"), 1, 0)
+
+
+# ---------------------------------------------------------------------------- epoch_scale
+def torch_reference_steps(cfg: RunConfig, spe: int, n_steps: int, warmup: int, milestones: list[int],
+                          per_iteration: bool) -> list[float]:
+    """lr of optimizer steps 0..n_steps-1 from torch's LinearLR x MultiStepLR (ChainedScheduler) with
+    the given scheduler-step counts: ``warmup`` (total_iters) and ``milestones`` in scheduler steps
+    (optimizer steps per iteration, epochs per epoch): the integers the scaled recipe should produce."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=cfg.scaled_lr)
+    parts = []
+    if warmup:
+        parts.append(torch.optim.lr_scheduler.LinearLR(opt, start_factor=cfg.lr / cfg.scaled_lr, end_factor=1.0, total_iters=warmup))
+    parts.append(torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.gamma))
+    sched = torch.optim.lr_scheduler.ChainedScheduler(parts)
+    lrs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for s in range(n_steps):
+            lrs.append(float(opt.param_groups[0]["lr"]))
+            opt.step()
+            if per_iteration or (s + 1) % spe == 0:
+                sched.step()
+    return lrs
+
+
+SCALED_BASE = BASE.replace(epochs=100, schedule="warmup_step", warmup_epochs=5, milestones=[30, 60, 90], gamma=0.1)
+
+# name, epoch_scale, per_iteration, steps_per_epoch, expected (total epochs, warmup in scheduler steps,
+# milestones in scheduler steps): per iteration round(x * scale * spe) steps (Python's round, as the
+# cyclic half-period), per epoch the scaled epochs rounded half up to whole epochs (at least 1)
+SCALED_WARMUP_CASES = [
+    ("scale-1-per-iteration-is-today", 1.0, True, 3, (100, 15, [90, 180, 270])),
+    ("scale-1-per-epoch-is-today", 1.0, False, 3, (100, 5, [30, 60, 90])),
+    ("per-iteration-half-epoch-warmup", 0.1, True, 7, (10, 4, [21, 42, 63])),  # 0.5 * 7 = 3.5 -> 4
+    ("per-iteration-half-epoch-warmup-even", 0.1, True, 9, (10, 4, [27, 54, 81])),  # 4.5 -> 4 (half to even)
+    ("per-epoch-half-epoch-warmup-is-one-epoch", 0.1, False, 7, (10, 1, [3, 6, 9])),
+    ("per-iteration-fractional-milestones", 0.25, True, 3, (25, 4, [22, 45, 68])),  # 3.75 -> 4; 22.5 -> 22, 67.5 -> 68
+    ("per-epoch-fractional-milestones-half-up", 0.25, False, 3, (25, 1, [8, 15, 23])),  # 1.25 -> 1; 7.5 -> 8, 22.5 -> 23
+    ("per-epoch-warmup-1.5-is-two-epochs", 0.3, False, 4, (30, 2, [9, 18, 27])),  # 30 * 0.3 = 8.999...98 -> 9
+    ("per-iteration-scale-0.3", 0.3, True, 4, (30, 6, [36, 72, 108])),
+    ("scale-above-1", 1.5, True, 2, (150, 15, [90, 180, 270])),
+    ("tiny-scale-per-epoch-warmup-still-one-epoch", 0.04, False, 5, (4, 1, [1, 2, 4])),  # 0.2 -> 1; 1.2 -> 1, 2.4 -> 2, 3.6 -> 4
+    ("tiny-scale-per-iteration", 0.04, True, 5, (4, 1, [6, 12, 18])),  # 0.2 * 5 = 1 step of warmup
+]
+
+
+@pytest.mark.parametrize("name,scale,per_iter,spe,expected", SCALED_WARMUP_CASES, ids=[c[0] for c in SCALED_WARMUP_CASES])
+def test_epoch_scale_warmup_step_matches_torch(name, scale, per_iter, spe, expected):
+    from bigbatch.schedules import milestone_steps, warmup_iters
+
+    cfg = SCALED_BASE.replace(epoch_scale=scale, warmup_per_iteration=per_iter)
+    total, warm, miles = expected
+    assert cfg.total_epochs == total
+    assert warmup_iters(cfg, spe) == warm
+    sched_miles = [m // (1 if per_iter else spe) for m in milestone_steps(cfg, spe)]
+    assert sched_miles == miles
+    n_steps = total * spe
+    ref = torch_reference_steps(cfg, spe, n_steps, warm, miles, per_iter)
+    lr = lr_schedule(cfg, spe, spe)
+    for s in range(n_steps):
+        assert _close(lr(s), ref[s]), f"{name}: lr at step {s}: {lr(s)} != torch {ref[s]}"
+    unit = 1 if per_iter else spe  # optimizer steps per scheduler step
+    # both sides of the end of warmup and of every milestone, in optimizer steps
+    for b in [warm * unit] + [m * unit for m in miles]:
+        if 0 < b < n_steps:
+            assert lr(b - 1) != lr(b), f"{name}: nothing changes at step {b}"
+            for s in (b - 1, b, min(b + 1, n_steps - 1)):
+                assert _close(lr(s), ref[s]), f"{name}: boundary {b}, step {s}"
+    assert lr(0) == pytest.approx(0.01) and lr(warm * unit) == pytest.approx(0.08 * 0.1 ** sum(m * unit <= warm * unit for m in miles))
+    if not per_iter:  # per epoch: constant within every epoch
+        assert all(lr(e * spe + i) == lr(e * spe) for e in range(total) for i in range(spe))
+
+
+# name, changes, full batches, half-period in steps: round(cyclic_step_epochs * epoch_scale * full)
+SCALED_CYCLIC_CASES = [
+    ("scale-1-is-today", dict(cyclic_step_epochs=12), 39, 468),
+    ("paper-half-period-tenth", dict(cyclic_step_epochs=12, epoch_scale=0.1), 39, 47),  # 46.8 -> 47
+    ("just-below-half", dict(cyclic_step_epochs=12, epoch_scale=0.1), 7, 8),  # 8.4 -> 8
+    ("exactly-half-rounds-to-even", dict(cyclic_step_epochs=3, epoch_scale=0.5), 3, 4),  # 4.5 -> 4
+    ("at-least-one-step", dict(cyclic_step_epochs=1, epoch_scale=0.01), 3, 1),  # 0.03 -> 1
+]
+
+
+@pytest.mark.parametrize("name,changes,full,half", SCALED_CYCLIC_CASES, ids=[c[0] for c in SCALED_CYCLIC_CASES])
+def test_epoch_scale_cyclic_half_period(name, changes, full, half):
+    cfg = BASE.replace(schedule="cyclic", cyclic_mode="triangular2", factor_lr=10, **changes)
+    assert cyclic_step_size(cfg, full) == half
+    spe = full + 1  # a short last batch
+    n_steps = max(4 * half + 2, 2 * spe)
+    ref_lr, _ = torch_reference(cfg.replace(epoch_scale=1.0, cyclic_step_epochs=half / full), spe, n_steps, full)
+    lr = lr_schedule(cfg, spe, full)
+    assert all(_close(lr(s), ref_lr[s]) for s in range(n_steps)), name
+    if half > 1:
+        assert lr(half - 1) < lr(half) > lr(half + 1)  # the peak, on both sides
+        assert lr(2 * half - 1) > lr(2 * half) < lr(2 * half + 1)  # the trough
+
+
+# epochs, epochs_scaling, batch_size, epoch_scale -> total epochs: round(epochs after exp2 scaling * scale), >= 1
+TOTAL_EPOCH_CASES = [
+    (100, "none", 256, 1.0, 100),
+    (100, "none", 256, 0.1, 10),
+    (100, "none", 1024, 0.004, 1),  # 0.4 -> at least 1
+    (100, "none", 1024, 0.006, 1),  # 0.6 -> 1
+    (100, "none", 1024, 0.014, 1),  # 1.4 -> 1
+    (100, "none", 1024, 0.016, 2),  # 1.6 -> 2
+    (5, "none", 32, 0.5, 2),  # 2.5 -> 2 (Python's round)
+    (3, "none", 32, 0.5, 2),  # 1.5 -> 2
+    (100, "linear", 1024, 0.1, 320),  # exp2: 100 * 1024 / 32 = 3200, then x 0.1
+    (100, "linear", 64, 0.05, 10),
+    (8, "linear", 256, 2.0, 128),
+]
+
+
+@pytest.mark.parametrize("epochs,scaling,bs,scale,total", TOTAL_EPOCH_CASES)
+def test_epoch_scale_total_epochs(epochs, scaling, bs, scale, total):
+    cfg = RunConfig(epochs=epochs, epochs_scaling=scaling, batch_size=bs, epoch_scale=scale)
+    assert cfg.total_epochs == total
+
+
+def test_epoch_scale_one_is_bit_for_bit_today():
+    """epoch_scale = 1 (the default) gives the same schedules as a config without the key, for every experiment."""
+    for name in ("exp2", "exp4", "exp5", "exp6"):
+        for recipe in ("text", "authors-code"):
+            for bs in (32, 1024):
+                if name == "exp2" and bs == 1024:
+                    continue
+                cfg = load_experiment(name, recipe).run_config(batch_size=bs)
+                d = cfg.to_dict()
+                d.pop("epoch_scale")
+                plain = RunConfig.from_dict(d)
+                assert plain.epoch_scale == 1.0 and plain.total_epochs == cfg.total_epochs
+                spe, full = math.ceil(40000 / bs), 40000 // bs
+                a, b = lr_schedule(cfg, spe, full), lr_schedule(plain, spe, full)
+                assert all(a(s) == b(s) for s in range(0, cfg.total_epochs * spe, 7))
