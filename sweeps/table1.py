@@ -1,0 +1,361 @@
+"""The whole Table I in one command: every experiment's sweep into ONE MLflow store, then the report.
+
+    python -m sweeps.table1 --preset mini                              # Fashion-MNIST at laptop scale
+    python -m sweeps.table1 --preset mini --experiments exp1 exp3 exp6 # the headline rows
+    python -m sweeps.table1 --preset mini --gpus-per-trial 0.25 --set width_mult=1   # the same on a GPU
+    python -m sweeps.table1 --preset paper --out runs/table1           # the paper's full setting (CIFAR-10)
+    python -m sweeps.table1 --preset demo --experiments exp1 exp6      # `make demo`: a few minutes on 2 CPUs
+    python -m sweeps.table1 --smoke-test --experiments exp1 exp6       # the machinery only (synthetic)
+
+Each experiment runs through the ordinary sweep runner (``sweeps.runner.run_sweep`` with
+``SweepOptions``) inside one Ray session, all into ``OUT/mlflow.db`` and ``OUT/ray_results``; then the
+report is written by ``python -m analysis.table --paper`` (also as CSV) and ``python -m analysis.report``,
+run as subprocesses (sweeps never import analysis) into ``OUT/report/``. The whole wall time is printed
+and written to ``OUT/report/RUN.md`` with the command, date, commit and machine.
+
+Presets (``PRESETS``) fix the dataset, the width, the training images, ``epoch_scale`` (every epoch
+count of the recipe times the same factor: bigbatch.config) and the seeds; nothing in them is CPU-only
+(``--gpus-per-trial`` runs the same preset on GPUs). Data for the Fashion-MNIST presets is found by
+``find_fashion_mnist``: ``BIGBATCH_DATA_DIR``, else ``../shared/data/fashion-mnist`` beside the
+repository, else a download (into ``BIGBATCH_DATA_DIR`` or ``./data``); the demo falls back to
+synthetic data with one line saying so, the mini preset stops with an error. See docs/sweeps.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from bigbatch.config import ConfigError, OneLineArgumentParser, RunConfig, parse_set
+from bigbatch.experiments import TABLE_EXPERIMENTS, load_experiment
+
+from .runner import SweepError, SweepOptions, ray_session, run_sweep
+from .tracking import TrackingError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FASHION_MNIST = REPO.parent / "shared" / "data" / "fashion-mnist"  # ../shared/data/fashion-mnist
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+HEADLINE = ("exp1", "exp3", "exp6")
+
+
+# ---------------------------------------------------------------------------------------------- presets
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    about: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # RunConfig keys for every experiment
+    seeds: int = 1
+    data: str = "none"  # fashion-mnist: find the files (find_fashion_mnist); none: as the overrides say
+    synthetic_fallback: bool = False  # fashion-mnist missing and not downloadable: synthetic (demo) instead of an error
+    fallback_overrides: dict[str, Any] = field(default_factory=dict)  # then these keys on top
+
+
+# The measurements (bigbatch.measure) stay on in every preset, small: the gradient noise scale every
+# gns_every epochs on 2 batches (cost 2 bs images, e.g. 2 of the 10 steps of an epoch at bs 1024 every
+# fifth epoch: 4% there, under 1% at bs 32), the sharpness once per run on 512 images with 10
+# Hessian-vector products (about 2 s at width 0.125 on one core).
+MINI_MEASURE = {"gns_images": 1024, "gns_every": 5, "sharpness_images": 512, "sharpness_iters": 10}
+
+# mini: Fashion-MNIST (60k 28x28 images, zero-padded to 32x32), VGG13 at width 0.125, the first 10,240
+# images of the 58,000/2,000 train/val split, every epoch count of the paper x 0.1 (100 -> 10 epochs,
+# warmup 0.5 epoch, milestones 3/6/9, CyclicLR half-period 1.2 epochs of full batches), 2 seeds.
+# The arithmetic (bench/RESULTS.md, "mini preset"): bs 1024 takes 10 epochs x ceil(10240 / 1024) = 100
+# optimizer steps (bs 32: 3,200), every run of exp1/3/4/6 trains on 102,400 images and evaluates
+# 10 x 2,000 validation + 10,000 test images. Measured at width 0.125 on this 2-core CPU, one torch
+# thread per trial, two trials at once (under load from other jobs: pessimistic): see RESULTS.md for
+# the seconds per run; the headline rows are 3 experiments x 6 batch sizes x 2 seeds = 36 runs.
+MINI = Preset(
+    "mini",
+    "Fashion-MNIST, VGG13 width 0.125, 10,240 training images, epochs x 0.1 (bs 1024: 100 steps), 2 seeds",
+    overrides={
+        "dataset": "fashion-mnist",
+        "width_mult": 0.125,
+        "train_subset": 10240,
+        "val_size": 2000,
+        "epoch_scale": 0.1,
+        "eval_batch_size": 1000,
+        **MINI_MEASURE,
+    },
+    seeds=2,
+    data="fashion-mnist",
+)
+
+# demo (make demo): a few minutes on 2 CPUs for two experiments; learning visible, not the paper's
+# effects: 2,048 images, 2 epochs (epoch_scale 0.02), one seed; bs 1024 takes 4 steps.
+DEMO = Preset(
+    "demo",
+    "Fashion-MNIST, VGG13 width 0.125, 2,048 training images, 2 epochs, 1 seed (machinery + learning, not the paper's effects)",
+    overrides={
+        "dataset": "fashion-mnist",
+        "width_mult": 0.125,
+        "train_subset": 2048,
+        "val_size": 1000,
+        "epoch_scale": 0.02,
+        "eval_batch_size": 1000,
+        "gns_images": 1024, "gns_every": 1, "sharpness_images": 256, "sharpness_iters": 5,
+    },
+    seeds=1,
+    data="fashion-mnist",
+    synthetic_fallback=True,
+    # the sweeps' smoke settings on synthetic data (sweeps.space.SMOKE_OVERRIDES) do the rest
+    fallback_overrides={"dataset": "synthetic", "download": False},
+)
+
+PAPER = Preset("paper", "the paper's full setting: CIFAR-10, VGG13 width 1, 100 epochs (exp2: scaled), 1 seed", seeds=1)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (MINI, DEMO, PAPER)}
+
+
+# ---------------------------------------------------------------------------------------------- data
+def has_fashion_mnist(path: Path) -> bool:
+    """True when ``path`` (as a data_dir) holds the four Fashion-MNIST files where bigbatch.data reads
+    them: in it, in its fashion-mnist/, or in torchvision's FashionMNIST/raw/."""
+    return any(all((d / f).is_file() for f in FASHION_MNIST_FILES)
+               for d in (path, path / "fashion-mnist", path / "FashionMNIST" / "raw"))
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    data_dir: str | None  # None: no real data (synthetic fallback)
+    source: str  # env | shared | download | none
+    note: str  # one line for the user
+
+
+def _try_download(root: Path) -> str | None:
+    """Download Fashion-MNIST into ``root`` through bigbatch.data (torchvision: URL + md5); None on
+    success, else the one-line reason."""
+    from bigbatch.data import DataError, load_data
+
+    try:
+        load_data(RunConfig(dataset="fashion-mnist", data_dir=str(root), download=True, val_size=0), "cpu")
+    except DataError as e:
+        return str(e)
+    return None
+
+
+def find_fashion_mnist(env: dict[str, str] | None = None, shared: Path = SHARED_FASHION_MNIST,
+                       download_to: Path | None = None, download: Callable[[Path], str | None] = _try_download) -> DataChoice:
+    """Where the Fashion-MNIST files are, in this order: ``$BIGBATCH_DATA_DIR`` (the folder or its
+    fashion-mnist/), ``../shared/data/fashion-mnist`` beside the repository, else a download into
+    ``$BIGBATCH_DATA_DIR`` (or ``download_to``, default ./data). ``source`` 'none' when all fail."""
+    env = os.environ if env is None else env
+    env_dir = env.get("BIGBATCH_DATA_DIR")
+    if env_dir and has_fashion_mnist(Path(env_dir)):
+        return DataChoice(str(Path(env_dir).resolve()), "env", f"Fashion-MNIST from BIGBATCH_DATA_DIR={env_dir}")
+    if has_fashion_mnist(shared):
+        return DataChoice(str(shared.resolve()), "shared", f"Fashion-MNIST from {shared}")
+    target = Path(env_dir) if env_dir else (download_to or Path("data"))
+    why = download(target)
+    if why is None:
+        return DataChoice(str(target.resolve()), "download", f"Fashion-MNIST downloaded into {target}")
+    return DataChoice(None, "none", f"no Fashion-MNIST files (BIGBATCH_DATA_DIR {'unset' if not env_dir else 'without them'}, "
+                                    f"none in {shared}) and the download failed: {why}")
+
+
+# ---------------------------------------------------------------------------------------------- options
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineArgumentParser(
+        prog="python -m sweeps.table1",
+        description="Run Table I's experiments (a preset: dataset, width, images, epoch_scale, seeds) into one MLflow "
+                    "store, then write the report; prints the whole wall time. See docs/sweeps.md.",
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="mini", help="mini (default): Fashion-MNIST at laptop scale; "
+                   "demo: a few minutes; paper: the paper's full setting")
+    p.add_argument("--experiments", nargs="+", default=list(TABLE_EXPERIMENTS), metavar="EXP",
+                   help=f"rows to run (default all six; the headline rows: {' '.join(HEADLINE)})")
+    p.add_argument("--seeds", type=int, help="seeds per cell (default: the preset's)")
+    p.add_argument("--out", default="table1", help="directory for mlflow.db, ray_results/ and report/ (default ./table1)")
+    p.add_argument("--smoke-test", action="store_true", help="the sweeps' smoke settings (synthetic, 2-3 epochs): the machinery only")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override RunConfig keys of every run (e.g. width_mult=1)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", metavar="BS", help="batch sizes (default: each experiment's row)")
+    p.add_argument("--recipe", choices=("text", "authors-code"), default="text")
+    r = p.add_argument_group("packing (CPU: trials at once x torch threads per trial = the CPUs Ray gets)")
+    r.add_argument("--trials-at-once", type=int, help="trials running at once (default: 2 on CPU, measured faster than 1 x 2 "
+                   "threads; with GPUs: as --gpus-per-trial allows)")
+    r.add_argument("--threads-per-trial", type=int, default=1, help="torch threads (= Ray CPUs) per trial (default 1)")
+    r.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack trials on one GPU (default: 1 if there are GPUs, else 0)")
+    r.add_argument("--no-report", action="store_true", help="run the sweeps only")
+    r.add_argument("--quiet", action="store_true", help="no trial tables")
+    return p
+
+
+@dataclass
+class Plan:
+    preset: Preset
+    experiments: list[str]
+    seeds: int
+    overrides: dict[str, Any]
+    out: Path
+    data: DataChoice | None
+    trials_at_once: int | None
+    threads_per_trial: int
+    gpus_per_trial: float | None
+    num_cpus: int | None
+    smoke_test: bool = False  # --smoke-test, or the demo's synthetic fallback: the sweeps' smoke settings
+
+    def sweep_options(self, exp_name: str, args: argparse.Namespace, name: str) -> SweepOptions:
+        exp = load_experiment(exp_name, args.recipe)
+        return SweepOptions(
+            exp, batch_sizes=args.batch_sizes, seeds=self.seeds, overrides=dict(self.overrides), smoke_test=self.smoke_test,
+            gpus_per_trial=self.gpus_per_trial, cpus_per_trial=float(self.threads_per_trial),
+            storage_path=str(self.out / "ray_results"), name=name, tracking_uri=f"sqlite:///{self.out / 'mlflow.db'}",
+            num_cpus=self.num_cpus, max_concurrent=self.trials_at_once, verbose=0 if args.quiet else 1,
+        )
+
+
+def plan_table(args: argparse.Namespace, env: dict[str, str] | None = None,
+               find: Callable[..., DataChoice] = find_fashion_mnist) -> Plan:
+    """Check the options and resolve the preset (data included) into a Plan; ConfigError on bad input."""
+    preset = PRESETS[args.preset]
+    bad = [e for e in args.experiments if e not in TABLE_EXPERIMENTS]
+    if bad:
+        raise ConfigError(f"unknown experiment {bad[0]!r}; Table I's rows: {', '.join(TABLE_EXPERIMENTS)}")
+    experiments = list(dict.fromkeys(args.experiments))  # once each, in the given order
+    seeds = preset.seeds if args.seeds is None else args.seeds
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if args.trials_at_once is not None and args.trials_at_once < 1:
+        raise ConfigError(f"--trials-at-once must be >= 1, got {args.trials_at_once}")
+    if args.threads_per_trial < 1:
+        raise ConfigError(f"--threads-per-trial must be >= 1, got {args.threads_per_trial}")
+    out = Path(args.out).expanduser().resolve()
+    overrides = dict(preset.overrides)
+    data = None
+    smoke = bool(args.smoke_test)
+    if smoke:
+        overrides = {}  # the sweeps' smoke settings: synthetic, narrow, 2-3 epochs
+    elif preset.data == "fashion-mnist":
+        data = find(env=env, download_to=REPO / "data")
+        if data.data_dir is not None:
+            overrides.update(data_dir=data.data_dir, download=False)
+        elif preset.synthetic_fallback:
+            overrides, smoke = dict(preset.fallback_overrides), True  # synthetic smoke data, said in one line
+        else:
+            raise ConfigError(f"the {preset.name} preset needs Fashion-MNIST: {data.note}")
+    overrides.update(parse_set(args.set))
+    RunConfig.from_dict({k: v for k, v in overrides.items()})  # a bad --set fails here, before Ray starts
+    gpus = args.gpus_per_trial
+    on_gpu = gpus is not None and gpus > 0
+    trials = args.trials_at_once if args.trials_at_once is not None else (None if on_gpu else 2)
+    num_cpus = None if on_gpu else (trials or 1) * args.threads_per_trial
+    return Plan(preset, experiments, seeds, overrides, out, data, trials, args.threads_per_trial, gpus, num_cpus, smoke)
+
+
+# ---------------------------------------------------------------------------------------------- running
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} CPUs, {gpu}; torch {torch.__version__}"
+
+
+def write_report(out: Path, quiet: bool = False) -> int:
+    """analysis.table --paper (Markdown and CSV) and analysis.report, as subprocesses, into out/report/."""
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    code = 0
+    for fmt, name in (("markdown", "table.md"), ("csv", "table.csv")):
+        r = subprocess.run([sys.executable, "-m", "analysis.table", "--tracking-uri", uri, "--paper", "--format", fmt],
+                           capture_output=True, text=True, cwd=REPO)
+        (report / name).write_text(r.stdout)
+        if r.returncode:
+            print(r.stderr.strip(), file=sys.stderr)
+            code = r.returncode
+        elif fmt == "markdown":
+            print(r.stdout)
+    r = subprocess.run([sys.executable, "-m", "analysis.report", "--tracking-uri", uri, "--out", str(report)],
+                       capture_output=quiet, text=True, cwd=REPO)
+    return code or r.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    try:
+        plan = plan_table(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    if plan.data is not None:
+        print(plan.data.note if plan.data.data_dir else f"{plan.data.note}; falling back to synthetic smoke data "
+              "(the table says dataset synthetic)", flush=True)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    label = "smoke" if plan.smoke_test else plan.preset.name
+    print(f"Table I, preset {label}: {', '.join(plan.experiments)}; {plan.seeds} seed(s); "
+          f"{'as GPUs allow' if plan.trials_at_once is None else plan.trials_at_once} trial(s) at once x "
+          f"{plan.threads_per_trial} thread(s); into {plan.out}", flush=True)
+    codes: dict[str, int] = {}
+    times: dict[str, float] = {}
+    try:
+        with ray_session(None, plan.num_cpus, 0 if args.quiet else 1):
+            for exp in plan.experiments:
+                t_exp = time.perf_counter()
+                try:
+                    result = run_sweep(plan.sweep_options(exp, args, f"table1-{label}-{exp}-{stamp}"))
+                    codes[exp] = result.exit_code
+                except (ConfigError, SweepError, TrackingError) as e:
+                    print(f"error: {exp}: {e}", file=sys.stderr, flush=True)
+                    return 2
+                times[exp] = time.perf_counter() - t_exp
+                print(f"== {exp}: exit {codes[exp]}, {times[exp] / 60:.1f} min", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted; each experiment resumes with python -m sweeps.<exp> --resume --storage-path "
+              f"{plan.out / 'ray_results'}", file=sys.stderr, flush=True)
+        return 130
+    sweep_seconds = time.perf_counter() - t0
+    report_code = 0 if args.no_report else write_report(plan.out, args.quiet)
+    wall = time.perf_counter() - t0
+    lines = [
+        f"# Table I run ({label} preset)", "",
+        f"- command: `python -m sweeps.table1 {' '.join(argv)}`",
+        f"- started: {started}; commit {_git_commit()}",
+        f"- machine: {machine()}",
+        f"- data: {plan.data.note if plan.data else 'as the preset (or --smoke-test) says'}",
+        f"- RunConfig overrides: `{json.dumps(plan.overrides, sort_keys=True)}`; seeds {plan.seeds}",
+        f"- packing: {plan.trials_at_once or 'as GPUs allow'} trial(s) at once x {plan.threads_per_trial} thread(s), "
+        f"GPUs per trial {plan.gpus_per_trial if plan.gpus_per_trial is not None else 'auto'}",
+        *(f"- {exp}: {times[exp] / 60:.1f} min (exit {codes[exp]})" for exp in times),
+        f"- sweeps {sweep_seconds / 60:.1f} min; whole wall time, report included: {wall / 60:.1f} min", "",
+    ]
+    if not args.no_report:
+        (plan.out / "report").mkdir(parents=True, exist_ok=True)
+        (plan.out / "report" / "RUN.md").write_text("\n".join(lines))
+    print(f"whole wall time: {wall:.0f} s ({wall / 60:.1f} min): sweeps {sweep_seconds:.0f} s, report {wall - sweep_seconds:.0f} s; "
+          f"report in {plan.out / 'report'}", flush=True)
+    worst = max(codes.values(), default=0)
+    return worst or (1 if report_code else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
