@@ -60,10 +60,11 @@ class Preset:
 
 
 # The measurements (bigbatch.measure) stay on in every preset, small: the gradient noise scale every
-# gns_every epochs on 2 batches (cost 2 bs images, e.g. 2 of the 10 steps of an epoch at bs 1024 every
-# fifth epoch: 4% there, under 1% at bs 32), the sharpness once per run on 512 images with 10
-# Hessian-vector products (about 2 s at width 0.125 on one core).
-MINI_MEASURE = {"gns_images": 1024, "gns_every": 5, "sharpness_images": 512, "sharpness_iters": 10}
+# gns_every = 5 epochs (2 probes per 10-epoch run) on max(1024, 2 bs) images of gradients (at bs 1024:
+# 2 x 2,048 images, 4% of the run's 102,400 training images; at bs 32: 2%); the sharpness once per run
+# on 256 images with at most 10 Hessian-vector products per power iteration (about 256 x 10 x 3 = 7.7k
+# image-passes: ~6% of a run; estimated, not timed separately).
+MINI_MEASURE = {"gns_images": 1024, "gns_every": 5, "sharpness_images": 256, "sharpness_iters": 10}
 
 # mini: Fashion-MNIST (60k 28x28 images, zero-padded to 32x32), VGG13 at width 0.125, the first 10,240
 # images of the 58,000/2,000 train/val split, every epoch count of the paper x 0.1 (100 -> 10 epochs,
