@@ -46,6 +46,8 @@ __all__ = [
     "split_indices",
     "check_sizes",
     "require_batch_fits",
+    "DatasetInfo",
+    "prepare_data",
 ]
 
 
@@ -180,6 +182,52 @@ def require_batch_fits(batch_size: int, n_train: int) -> None:
 
     if batch_size > n_train:
         raise ConfigError(f"batch_size={batch_size} is larger than the training set ({n_train} images)")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What :func:`prepare_data` found: the dataset's files are present and valid (JSON-able fields)."""
+
+    name: str  # cfg.dataset
+    root: str  # the data directory ("" for synthetic)
+    source: str  # where the files come from: torchvision's download URL, or "synthetic"
+    n_pool: int  # training-pool images (train + val before the split)
+    n_test: int
+    num_classes: int
+    digest: str  # md5 of every image and label (pool, then test), hex
+
+
+def prepare_data(cfg: Any) -> DatasetInfo:
+    """Make ``cfg.dataset`` ready in ``cfg.data_dir``, once, before any training process reads it.
+
+    Reads the files (md5-checked by torchvision) or, with ``cfg.download``, downloads them first; loads
+    them into CPU memory only to check and fingerprint them (nothing goes to a device). Raises
+    :class:`DataError` (one line naming the dataset, the directory and what to do) when they cannot
+    be had. The sweeps call it on the driver, then give their trials ``download=false``.
+    """
+    import hashlib
+
+    root = Path(cfg.data_dir)
+    if cfg.dataset in ("cifar10", "cifar100"):
+        pool_x, pool_y, test_x, test_y, num_classes = _load_cifar(cfg.dataset, root, cfg.download)
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        source = (CIFAR10 if cfg.dataset == "cifar10" else CIFAR100).url
+    elif cfg.dataset == "fashion-mnist":
+        pool_x, pool_y, test_x, test_y, num_classes = _load_fashion_mnist(root, cfg.download)
+        from torchvision.datasets import FashionMNIST
+
+        source = FashionMNIST.mirrors[0]
+    elif cfg.dataset == "synthetic":
+        pool_x, pool_y, test_x, test_y, num_classes = make_synthetic(cfg.synthetic_size)
+        source = "synthetic"
+    else:
+        raise DataError(f"unknown dataset {cfg.dataset!r}")
+    h = hashlib.md5()
+    for t in (pool_x, pool_y, test_x, test_y):
+        h.update(t.contiguous().numpy().tobytes())
+    return DatasetInfo(cfg.dataset, "" if cfg.dataset == "synthetic" else str(root), source, len(pool_y), len(test_y),
+                       num_classes, h.hexdigest())
 
 
 def load_data(cfg: Any, device: torch.device | str) -> DataSplits:

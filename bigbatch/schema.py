@@ -52,6 +52,17 @@ TAG_TORCH_VERSION = tag("torch_version")
 TAG_RAY_VERSION = tag("ray_version")
 TAG_MLFLOW_VERSION = tag("mlflow_version")
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
+# Dataset inputs of a trial run (mlflow.log_input, metadata only: nothing is uploaded): one per split,
+# named by dataset_input_name, with MLflow's context tag and the split's image count.
+DATASET_SPLITS = ("train", "val", "test")  # the value of MLflow's mlflow.data.context input tag
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+TAG_INPUT_IMAGES = tag("images")  # input tag: images in the split
+
+
+def dataset_input_name(dataset: str, split: str) -> str:
+    """The name of a run's dataset input: ``cifar10-train``, ``cifar10-val``, ``cifar10-test``."""
+    return f"{dataset}-{split}"
+
 
 ROLE_SWEEP = "sweep"
 ROLE_TRIAL = "trial"
@@ -78,7 +89,18 @@ DERIVED_PARAMS = {"scaled_lr": float, "total_epochs": int, "scaled_factor_lr": f
 CHECKPOINT = "last.pt"  # a trial's full training state (bigbatch.train), in its checkpoint directory
 BEST_MODEL = "best_model.pt"  # state_dict of the best-validation model: checkpoint file and MLflow artifact
 CONFIG_ARTIFACT = "config.json"  # the trial's RunConfig, an MLflow artifact
+TRACEBACK_ARTIFACT = "traceback.txt"  # a failed trial's full traceback (its one line: tag bigbatch.error)
 RUN_FILE = "mlflow_run.json"  # beside last.pt: the trial's MLflow run id travels with its checkpoint
+
+# ---------------------------------------------------------------------------------------------- model registry
+REGISTERED_MODEL_PREFIX = "bigbatch-"  # a Table I cell's chosen model: bigbatch-exp6-bs1024
+REGISTRY_ALIAS = "table1"  # the alias of the version that is the cell's current choice
+LOGGED_MODEL_NAME = "model"  # mlflow.pytorch.log_model(..., name=LOGGED_MODEL_NAME)
+
+
+def registered_model_name(experiment: str, batch_size: int) -> str:
+    """The Model Registry name of a Table I cell's chosen model: ``exp6``, 1024 -> ``bigbatch-exp6-bs1024``."""
+    return f"{REGISTERED_MODEL_PREFIX}{experiment}-bs{int(batch_size)}"
 
 
 # ---------------------------------------------------------------------------------------------- defaults

@@ -27,8 +27,9 @@ from bigbatch import schema
 from bigbatch.config import ConfigError, OneLineArgumentParser, parse_set
 from bigbatch.experiments import RECIPES, TABLE_EXPERIMENTS, eq2_factor, load_experiment
 
-from .runner import SweepError, check_resources, check_storage, default_name, ray_session, reporter
-from .space import SweepContext, TrialNames, build_space, trial_run_config
+from .runner import (SweepError, check_resources, check_storage, default_name, known_error, ray_session, reporter,
+                     trial_errors_callback, ui_hint)
+from .space import SweepContext, TrialNames, build_space, prepare_space_data, trial_run_config
 from .tracking import TrackingError, check_tracking, close_sweep, mark_stopped, open_sweep
 
 DEFAULT_BATCH_SIZES = [256, 512, 1024]
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_search(args: argparse.Namespace, train_fn: Callable[..., dict[str, Any]] | None = None) -> dict[int, dict[str, Any]]:
-    """Run (or continue) the searches; returns {batch_size: {factor_lr, scaled_factor_lr, best_val_acc, eq2, trials}}."""
+    """Run (or continue) the searches; returns {batch_size: {factor_lr, scaled_factor_lr, best_val_acc, eq2, trials, errors}}."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -92,6 +93,7 @@ def run_search(args: argparse.Namespace, train_fn: Callable[..., dict[str, Any]]
     check_storage(path)
     study_url = args.study_storage or f"sqlite:///{path / 'optuna.db'}"
     tracking_uri = check_tracking(args.tracking_uri)
+    datasets = prepare_space_data(*spaces.values())  # once, on the driver, before Ray; the trials get download=false
     path.mkdir(parents=True, exist_ok=True)  # check_storage leaves nothing behind; the default study DB lives here
     try:
         study_storage = optuna.storages.RDBStorage(study_url)
@@ -106,8 +108,9 @@ def run_search(args: argparse.Namespace, train_fn: Callable[..., dict[str, Any]]
         run = open_sweep(tracking_uri, exp, name, dataset=str(first.base.get("dataset")), search="optuna",
                              smoke_test=args.smoke_test, params=params, mlflow_experiment=schema.OPTUNA_EXPERIMENT)
         summary: dict[int, dict[str, Any]] = {}
+        errors: list[str] = []
         for bs, space in spaces.items():
-            ctx = SweepContext(space.base, run, ("factor_lr",), checkpoint_every=1)
+            ctx = SweepContext(space.base, run, ("factor_lr",), checkpoint_every=1, datasets=datasets)
             study_name = f"{name}-bs{bs}"
             done = 0
             try:
@@ -137,19 +140,24 @@ def run_search(args: argparse.Namespace, train_fn: Callable[..., dict[str, Any]]
                                                 trial_name_creator=names.name, trial_dirname_creator=names.dirname),
                     run_config=tune.RunConfig(name=f"{name}-bs{bs}-{done}", storage_path=str(storage),
                                               checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                              progress_reporter=reporter(["factor_lr"], cyclic=True), verbose=0 if args.quiet else 1),
+                                              progress_reporter=reporter(["factor_lr"], cyclic=True), verbose=0 if args.quiet else 1,
+                                              callbacks=[trial_errors_callback()]),
                 )
                 for r in tuner.fit():  # trials ASHA stopped never reach the end of train(): their runs are marked stopped
                     m = r.metrics or {}
                     if r.error is None and "status" not in m and m.get("mlflow_run_id"):
                         mark_stopped(tracking_uri, m["mlflow_run_id"])
+                    if r.error is not None:
+                        errors.append(f"failed bs={bs} factor_lr={(r.config or {}).get('factor_lr', float('nan')):.3g}: "
+                                      f"{known_error(r.error) or type(r.error).__name__ + ' (traceback in ' + str(r.path) + '/error.txt)'}")
             study = optuna.load_study(study_name=study_name, storage=study_storage)
             finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
             best = max(finished, key=lambda t: t.value) if finished else None
             f = best.params["factor_lr"] if best else None
             summary[bs] = {"factor_lr": f, "best_val_acc": best.value if best else None, "eq2": eq2_factor(bs), "trials": len(finished),
+                           "errors": sum(line.startswith(f"failed bs={bs} ") for line in errors),
                            "scaled_factor_lr": trial_run_config(space.base, {**point, "factor_lr": f}).scaled_factor_lr if best else None}
-        close_sweep(run, "FINISHED")
+        close_sweep(run, "FAILED" if errors else "FINISHED")
     if not args.quiet:
         print(f"\nbest factor per batch size ({name}; Optuna studies in {study_url}; f after eq. 2 where {exp.name} scales it):")
         print(f"{'bs':>5} {'trials':>6} {'best f':>8} {'best val_acc':>12} {'eq.2 f':>8}")
@@ -157,21 +165,23 @@ def run_search(args: argparse.Namespace, train_fn: Callable[..., dict[str, Any]]
             f = f"{s['scaled_factor_lr']:.3g}" if s["scaled_factor_lr"] is not None else "-"
             v = f"{s['best_val_acc']:.2f}" if s["best_val_acc"] is not None else "-"
             print(f"{bs:>5} {s['trials']:>6} {f:>8} {v:>12} {s['eq2']:>8.3g}")
-        print(f"MLflow: experiment {schema.OPTUNA_EXPERIMENT}; view with: mlflow ui --backend-store-uri {tracking_uri}", flush=True)
+        for line in errors:
+            print(line)
+        print(f"MLflow: experiment {schema.OPTUNA_EXPERIMENT}; view with: {ui_hint(tracking_uri)}", flush=True)
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run_search(args)
+        summary = run_search(args)
     except (ConfigError, SweepError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command with the same --name to continue the studies", file=sys.stderr)
         return 130
-    return 0
+    return 1 if any(s["errors"] for s in summary.values()) else 0  # 1: some trials errored, as the sweeps
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 from bigbatch.config import ConfigError, RunConfig
 from bigbatch.experiments import Experiment, load_experiment
 
-from .space import SweepContext, SweepSpace, TrialNames, build_space, trial_run_config
+from .space import SweepContext, SweepSpace, TrialNames, build_space, prepare_space_data, trial_run_config
 from .tracking import check_tracking, close_sweep, open_sweep, reopen_sweep
 
 SWEEP_FILE = "bigbatch_sweep.json"  # in the sweep's directory: its options and trial context, to resume with
@@ -150,6 +150,9 @@ def check_resources(cpus: float, gpus: float | None) -> float:
 def ray_environment() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic trial table (CLIReporter) with our columns
+    # Tune logs every trial failure with its whole remote traceback; TrialErrors prints them instead:
+    # one line for the errors bigbatch knows, the traceback for any other
+    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
     # num_to_keep forces a state snapshot per checkpoint; with short smoke epochs Tune warns about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
@@ -182,6 +185,62 @@ def ray_session(address: str | None, num_cpus: int | None, verbose: int) -> Iter
         yield
     finally:
         ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------- trial errors
+def error_cause(error: BaseException | None) -> BaseException | None:
+    """The trainable's own exception inside Ray's wrapper (``RayTaskError.cause``), or the error itself."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
+
+
+def known_error(error: BaseException | None) -> str | None:
+    """One line ``TrainingError: out of memory ...`` for an error bigbatch knows (DataError, TrainingError,
+    ConfigError, out of memory), None for any other (its traceback is what helps)."""
+    import torch
+
+    from bigbatch.data import DataError
+    from bigbatch.train import TrainingError
+
+    cause = error_cause(error)
+    if not isinstance(cause, (DataError, TrainingError, ConfigError, torch.OutOfMemoryError)):
+        return None
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"
+
+
+def _load_trial_error(trial) -> BaseException | None:
+    import ray.cloudpickle as cloudpickle
+
+    try:
+        with open(trial.pickled_error_file, "rb") as f:
+            return cloudpickle.load(f)
+    except Exception:
+        return None
+
+
+def trial_errors_callback():
+    """A Tune callback (driver side) that prints each trial failure: one line for a known error (the full
+    traceback stays in the trial's ``error.txt`` and MLflow), Ray's whole message for any other."""
+    from ray import tune
+
+    class TrialErrors(tune.Callback):
+        def _report(self, trial, retrying: bool) -> None:
+            error = _load_trial_error(trial)
+            line = known_error(error)
+            then = f"; retrying from its last checkpoint (failure {trial.run_metadata.num_failures})" if retrying else ""
+            if line is not None:
+                print(f"trial {trial} failed: {line}{then} (traceback: {trial.error_file})", file=sys.stderr, flush=True)
+            else:
+                print(f"trial {trial} failed{then} (also in {trial.error_file}):\n{error}", file=sys.stderr, flush=True)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self._report(trial, retrying=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._report(trial, retrying=False)
+
+    return TrialErrors()
 
 
 # ---------------------------------------------------------------------------------------------- naming, state
@@ -267,6 +326,7 @@ class SweepPlan:
     path: Path  # the Tune experiment directory: storage/name
     tracking_uri: str
     context: SweepContext | None = None  # a resumed sweep's trial context, from its sweep file
+    datasets: tuple[dict[str, Any], ...] = ()  # bigbatch.data.DatasetInfo of the trials' data, prepared on the driver
 
     @property
     def storage(self) -> Path:
@@ -310,7 +370,9 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     if opts.max_concurrent is not None and opts.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
     check_storage(path)
-    return SweepPlan(opts, space, name, path, check_tracking(uri), context)
+    uri = check_tracking(uri)
+    datasets = prepare_space_data(space)  # last: it may download; the trials get download=false
+    return SweepPlan(opts, space, name, path, uri, context, datasets)
 
 
 def run_sweep(opts: SweepOptions, train_fn: Callable[..., dict[str, Any]] | None = None) -> SweepResult:
@@ -339,7 +401,7 @@ def _context(plan: SweepPlan, gpus: float) -> SweepContext:
     }
     run = open_sweep(plan.tracking_uri, space.experiment, plan.name, dataset=str(space.base.get("dataset", RunConfig.dataset)),
                          search="grid", smoke_test=opts.smoke_test, params=params)
-    return SweepContext(space.base, run, tuple(space.search), opts.checkpoint_every)
+    return SweepContext(space.base, run, tuple(space.search), opts.checkpoint_every, plan.datasets)
 
 
 def _run(plan: SweepPlan, gpus: float, train_fn) -> SweepResult:
@@ -373,10 +435,18 @@ def _run(plan: SweepPlan, gpus: float, train_fn) -> SweepResult:
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=opts.keep_checkpoints),
                 progress_reporter=reporter(list(space.search), cyclic),
+                callbacks=[trial_errors_callback()],
                 verbose=opts.verbose,
             ),
         )
     return _finish(tuner.fit(), plan, ctx)
+
+
+def ui_hint(tracking_uri: str) -> str:
+    """How to see the runs: a tracking server's own URL, or ``mlflow ui`` on a local store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} in a browser (runs: Experiments -> the experiment -> Model training)"
+    return f"mlflow ui --backend-store-uri {tracking_uri} (then http://127.0.0.1:5000, Model training)"
 
 
 def _cell(value: Any) -> str:
@@ -390,7 +460,7 @@ def _finish(results, plan: SweepPlan, ctx: SweepContext) -> SweepResult:
     except Exception:
         configs = {}
     searched = list(ctx.searched)
-    rows, errors, unfinished = [], 0, 0
+    rows, errors, unfinished, reasons = [], 0, 0, []
     for r in results:
         m = r.metrics or {}
         params = r.config or configs.get(os.path.basename(str(r.path)), {})
@@ -408,6 +478,10 @@ def _finish(results, plan: SweepPlan, ctx: SweepContext) -> SweepResult:
         except Exception:
             f = None
         point = [_cell(params.get(k)) for k in searched if k != "factor_lr"]
+        if r.error is not None:
+            cause = error_cause(r.error)
+            reason = known_error(r.error) or f"{type(cause).__name__} (traceback in {os.path.join(str(r.path), 'error.txt')})"
+            reasons.append((params.get("batch_size", 0), params.get("seed", 0), point, f, reason))
         rows.append((params.get("batch_size", 0), params.get("seed", 0), point, f, state, m.get("epoch"), m.get("best_val_acc"), m.get("test_acc")))
     code = 130 if unfinished else (1 if errors else 0)
     close_sweep(ctx.run, {0: "FINISHED", 1: "FAILED", 130: "KILLED"}[code], {"num_trials": len(rows), "num_errors": errors})
@@ -421,8 +495,10 @@ def _finish(results, plan: SweepPlan, ctx: SweepContext) -> SweepResult:
         for bs, seed, point, f, state, ep, bv, ta in sorted(rows, key=lambda r: (r[0], r[1], r[2], str(r[3]))):
             print(f"{bs:>5} {seed:>4} " + "".join(f"{v:>8} " for v in point) + (f"{f or '-':>5} " if show_f else "")
                   + f"{state:>10} {str(ep if ep is not None else '-'):>6} {fmt(bv)} {fmt(ta)}")
-        print(f"MLflow: experiment {ctx.run.mlflow_experiment}, parent run {ctx.run.parent_run_id}; "
-              f"view with: mlflow ui --backend-store-uri {plan.tracking_uri}")
+        for bs, seed, point, f, reason in sorted(reasons, key=lambda r: (r[0], r[1], r[2], str(r[3]))):
+            where = " ".join([f"bs={bs}", *(f"{k}={v}" for k, v in zip(cols, point)), *([f"f={f}"] if f else []), f"seed={seed}"])
+            print(f"failed {where}: {reason}")
+        print(f"MLflow: experiment {ctx.run.mlflow_experiment}, parent run {ctx.run.parent_run_id}; view with: {ui_hint(plan.tracking_uri)}")
         if code:
             print(f"resume with: python -m sweeps.{plan.opts.experiment.name.replace('-', '_')} --resume --name {plan.name} "
                   f"--storage-path {plan.storage}", flush=True)

@@ -93,13 +93,48 @@ class SweepContext:
     run: SweepRun  # where and under which parent run to log
     searched: tuple[str, ...] = ()  # the searched keys (named in the trial labels)
     checkpoint_every: int = 1
+    datasets: tuple[dict[str, Any], ...] = ()  # bigbatch.data.DatasetInfo (as dicts) the driver prepared
 
     def to_json(self) -> dict[str, Any]:
-        return {"base": self.base, "run": self.run.to_json(), "searched": list(self.searched), "checkpoint_every": self.checkpoint_every}
+        return {"base": self.base, "run": self.run.to_json(), "searched": list(self.searched), "checkpoint_every": self.checkpoint_every,
+                "datasets": list(self.datasets)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "SweepContext":
-        return cls(dict(d["base"]), SweepRun(**d["run"]), tuple(d["searched"]), int(d["checkpoint_every"]))
+        return cls(dict(d["base"]), SweepRun(**d["run"]), tuple(d["searched"]), int(d["checkpoint_every"]),
+                   tuple(d.get("datasets", ())))
+
+    def dataset_info(self, cfg: RunConfig) -> dict[str, Any] | None:
+        """The prepared dataset a trial's config reads (None if the driver prepared none, e.g. an older sweep)."""
+        for info in self.datasets:
+            if info["name"] == cfg.dataset and (cfg.dataset != "synthetic" or info["n_pool"] == cfg.synthetic_size):
+                return info
+        return None
+
+
+def prepare_space_data(*spaces: SweepSpace) -> tuple[dict[str, Any], ...]:
+    """The data first, once, on the driver: every dataset the trials read is checked (or downloaded) here by
+    ``bigbatch.data.prepare_data``, before Ray starts; then the trials get ``download=false`` (they never
+    download, and no two processes write one data directory). A dataset that cannot be had raises
+    ``ConfigError`` with DataError's one line (the dataset, the directory, what to do)."""
+    from dataclasses import asdict
+
+    from bigbatch.data import DataError, prepare_data
+
+    wanted: dict[tuple, RunConfig] = {}
+    for space in spaces:
+        for point in space.points():
+            cfg = trial_run_config(space.base, point)
+            wanted.setdefault((cfg.dataset, cfg.data_dir, cfg.synthetic_size if cfg.dataset == "synthetic" else 0), cfg)
+    infos = []
+    for cfg in wanted.values():
+        try:
+            infos.append(asdict(prepare_data(cfg)))
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+    for space in spaces:
+        space.base["download"] = False
+    return tuple(infos)
 
 
 def build_space(

@@ -215,6 +215,36 @@ class TrialInfo:
     trial_id: str
     label: str  # e.g. exp5 bs=1024 f=2 seed=0 (the run name)
     device_name: str  # the device actually used (tag bigbatch.device)
+    dataset: dict[str, Any] | None = None  # bigbatch.data.DatasetInfo (as a dict) the driver prepared: logged as inputs
+
+
+def dataset_inputs(cfg: RunConfig, info: dict[str, Any]) -> list:
+    """The run's dataset as MLflow dataset inputs, metadata only (``MetaDataset``: nothing is uploaded):
+    one per split (train, val, test), named ``<dataset>-<split>``, with its image count and a digest of
+    the files' content and of the split (split_seed, val_size, train_subset)."""
+    import hashlib
+
+    import numpy as np
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.types import Schema, TensorSpec
+
+    source = (CodeDatasetSource({"mlflow.source.name": "bigbatch.data.make_synthetic"}) if info["source"] == "synthetic"
+              else HTTPDatasetSource(info["source"]))
+    channels = 1 if cfg.dataset == "fashion-mnist" else 3
+    spec = Schema([TensorSpec(np.dtype(np.uint8), (-1, channels, 32, 32), "image"), TensorSpec(np.dtype(np.int64), (-1,), "label")])
+    n_val = cfg.val_size
+    sizes = {"train": cfg.train_subset or info["n_pool"] - n_val, "val": n_val, "test": info["n_test"]}
+    out = []
+    for split in schema.DATASET_SPLITS:
+        key = info["digest"] if split == "test" else f"{info['digest']}:{split}:{cfg.split_seed}:{cfg.val_size}:{cfg.train_subset}"
+        ds = MetaDataset(source, name=schema.dataset_input_name(cfg.dataset, split), digest=hashlib.md5(key.encode()).hexdigest()[:32],
+                         schema=spec)
+        out.append(DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(schema.DATASET_CONTEXT_TAG, split),
+                                                               InputTag(schema.TAG_INPUT_IMAGES, str(sizes[split]))]))
+    return out
 
 
 class TrialLogger:
@@ -303,6 +333,8 @@ class TrialLogger:
             cfg_path = self.dir / schema.CONFIG_ARTIFACT
             self.trial.cfg.to_json(cfg_path)
             client.log_artifact(self.run_id, str(cfg_path))
+            if self.trial.dataset is not None:
+                client.log_inputs(self.run_id, datasets=dataset_inputs(self.trial.cfg, self.trial.dataset))
         else:
             run_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": s.tracking_uri}))
             client.update_run(self.run_id, status="RUNNING")
@@ -388,5 +420,15 @@ class TrialLogger:
         self._end("stopped", "FINISHED")
 
     def fail(self, error: BaseException) -> None:
-        """Mark the run failed (best effort); Tune may retry the trial, which reopens it."""
+        """Mark the run failed (best effort), the error's one line as a tag and its traceback as an artifact;
+        Tune may retry the trial, which reopens it."""
+        import traceback
+
         self._end("failed", "FAILED", {schema.TAG_ERROR: f"{type(error).__name__}: {error}".splitlines()[0][:5000]})
+        if self.run_id is not None:
+            try:
+                path = self.dir / schema.TRACEBACK_ARTIFACT
+                path.write_text("".join(traceback.format_exception(error)))
+                self.client.log_artifact(self.run_id, str(path))
+            except Exception as e:
+                self._warn("traceback logging", e)

@@ -13,6 +13,13 @@
   MLflow run id travels in that directory (``RUN_FILE``), and ``last.pt`` holds the history from which
   epochs MLflow missed are logged again.
 - A diverged run is a result (status ``diverged``), not an error.
+- A trial a scheduler stops (ASHA) ends cleanly: Tune's function trainable runs the training function
+  in a thread and, on stop, only signals it (the next ``tune.report`` raises ``SystemExit``) and
+  returns at once (``FunctionTrainable.cleanup``: ``session.finish(timeout=0)``); the actor process
+  then exits while that thread still unwinds through torch and MLflow, and the exit destroys native
+  objects the thread is using (``terminate called without an active exception``: a joinable
+  ``std::thread`` destroyed, then SIGABRT and "Fatal Python error: Aborted"). ``make_trainable``'s
+  class waits for the thread (``cleanup`` joins it) before the actor may exit or be reused.
 """
 
 from __future__ import annotations
@@ -57,13 +64,30 @@ def _tune_value(v: Any) -> bool:
     return isinstance(v, (int, float, bool))
 
 
-def make_trainable(context: SweepContext, train_fn: Callable[..., dict[str, Any]] | None = None) -> Callable[[dict[str, Any]], None]:
-    """The function trainable of one sweep. ``train_fn`` defaults to ``bigbatch.train.train`` (tests may inject another)."""
+STOP_JOIN_S = 60.0  # how long a stopped trial's actor waits for its training thread (Tune force-kills after ~60 s)
+
+
+def make_trainable(context: SweepContext, train_fn: Callable[..., dict[str, Any]] | None = None) -> type:
+    """The trainable of one sweep: Tune's function trainable of ``run_trial``, whose ``cleanup`` waits for
+    the training thread to end (a stopped trial ends cleanly, see the module doc). Its Tune name is
+    ``bigbatch_trial``. ``train_fn`` defaults to ``bigbatch.train.train`` (tests may inject another)."""
+    from ray.train._internal.session import get_session
+    from ray.tune.trainable.function_trainable import wrap_function
 
     def bigbatch_trial(params: dict[str, Any]) -> None:
         run_trial(context, params, train_fn)
 
-    return bigbatch_trial
+    class BigbatchTrial(wrap_function(bigbatch_trial)):  # _name: "bigbatch_trial", as the sweeps always had
+        def cleanup(self):
+            session = get_session()
+            thread = session.training_thread if session is not None and session.training_started else None
+            try:
+                super().cleanup()  # signals the thread (SystemExit at its next report) without waiting
+            finally:
+                if thread is not None and thread.is_alive():
+                    thread.join(timeout=STOP_JOIN_S)
+
+    return BigbatchTrial
 
 
 def run_trial(context: SweepContext, params: dict[str, Any], train_fn: Callable[..., dict[str, Any]] | None = None) -> None:
@@ -90,7 +114,8 @@ def run_trial(context: SweepContext, params: dict[str, Any], train_fn: Callable[
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             checkpoint.to_directory(local_dir)
-        logger = TrialLogger(context.run, TrialInfo(cfg, trial_id, trial_label(cfg, context.searched), device_name(cfg.device)), local_dir)
+        logger = TrialLogger(context.run, TrialInfo(cfg, trial_id, trial_label(cfg, context.searched), device_name(cfg.device),
+                                                      context.dataset_info(cfg)), local_dir)
         logger.start()
         # the CyclicLR factor after eq. 2 (the trial table's f); factor_lr, if searched, is in the trial's params
         extra = {"scaled_factor_lr": cfg.scaled_factor_lr} if cfg.schedule == "cyclic" else {}

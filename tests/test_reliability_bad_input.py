@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import time
 import sys
 import subprocess
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class Case:
     expect: str | tuple[str, ...]  # the fragment(s) the error line must hold (formatted the same way)
     env: dict[str, str] = field(default_factory=dict, hash=False)
     ray_logs: bool = False  # Ray started before the refusal: its own log lines may precede the error line
+    max_seconds: float | None = None  # refused within this wall time (the data checks: before Ray, no trial)
 
 
 TRAIN = ("-m", "bigbatch.train")
@@ -93,6 +95,16 @@ CASES = [
          "tracking URI 'mlflow.db' needs a scheme"),
     Case("sweep-storage-not-writable", ("-m", "sweeps.exp1", "--smoke-test", "--storage-path", "{in}/a-file/results"),
          ("storage path {in}/a-file/results/", "is not writable (Not a directory)")),
+    # the data first, once, on the driver (issue 12.1): no Ray, no trial, no MLflow run, nothing written
+    Case("sweep-cifar10-missing-offline", ("-m", "sweeps.exp5", "--data-dir", "{in}/nodata-exp5"),
+         "cannot download CIFAR-10 (offline?) into {in}/nodata-exp5", env=OFFLINE, max_seconds=60),
+    Case("sweep-fashion-mnist-missing-offline", ("-m", "sweeps.exp1", "--dataset", "fashion-mnist", "--data-dir", "{in}/nodata-exp1"),
+         "cannot download Fashion-MNIST (offline?) into {in}/nodata-exp1", env=OFFLINE, max_seconds=60),
+    Case("optuna-cifar10-missing-offline", ("-m", "sweeps.optuna_factor_lr", "--data-dir", "{in}/nodata-optuna"),
+         "cannot download CIFAR-10 (offline?) into {in}/nodata-optuna", env=OFFLINE, max_seconds=60),
+    Case("optuna-fashion-mnist-missing", ("-m", "sweeps.optuna_factor_lr", "--dataset", "fashion-mnist", "--data-dir", "{in}/nodata",
+                                          "--set", "download=false"),
+         "Fashion-MNIST files not found in {in}/nodata", max_seconds=60),
     Case("sweep-resume-nothing", ("-m", "sweeps.exp5", "--resume"), "nothing to resume: no exp5 sweep in"),
     Case("sweep-resume-unknown-name", ("-m", "sweeps.exp5", "--resume", "--name", "yesterday", "--storage-path", "{in}"),
          "nothing to resume: no exp5 sweep named 'yesterday' in {in}"),
@@ -143,9 +155,11 @@ def results(inputs, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedPro
     def one(case: Case):
         cwd = tmp_path_factory.mktemp(case.id)
         fmt = lambda s: s.format(**{"in": inputs, "port": port})  # noqa: E731
+        t0 = time.monotonic()
         r = run([fmt(a) for a in case.args], cwd=cwd, timeout=240, **{k: fmt(v) for k, v in case.env.items()})
+        seconds = time.monotonic() - t0
         expect = (case.expect,) if isinstance(case.expect, str) else case.expect
-        return case.id, (r, cwd, [fmt(e) for e in expect])
+        return case.id, (r, cwd, [fmt(e) for e in expect], seconds)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
         out = dict(pool.map(one, CASES))
@@ -155,7 +169,7 @@ def results(inputs, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedPro
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_refused_with_one_clear_line(case, results):
-    r, cwd, expect = results[case.id]
+    r, cwd, expect, seconds = results[case.id]
     assert r.returncode == 2, f"exit {r.returncode}\nstdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-2000:]}"
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr[-3000:]
     lines = [line for line in r.stderr.splitlines() if line.strip()]
@@ -166,6 +180,10 @@ def test_bad_input_is_refused_with_one_clear_line(case, results):
     print(errors[0])
     assert all(e in errors[0] for e in expect), (expect, errors[0])
     assert sorted(p.name for p in cwd.iterdir()) == [], "something was written in the working directory"
+    if case.max_seconds is not None:
+        assert seconds < case.max_seconds, f"refused after {seconds:.0f} s"
+        out = r.stdout + r.stderr
+        assert "Ray" not in out and "resume" not in out, out[-3000:]  # refused before Ray started; no --resume hint
 
 
 def test_bad_input_leaves_the_inputs_untouched(results):
