@@ -264,8 +264,14 @@ def test_out_of_memory_fails_only_that_trial_with_its_reason(tmp_path):
     assert "1 finished, 1 errored, 0 unfinished" in r.stdout
     reason = "out of memory on cpu at batch_size=64 (another trial packed on the same GPU, or the batch is too large)"
     assert f"TrainingError: {reason}" in out
+    # a known error reads as one line per trial (issue 12.2): as it happens, and in the closing table; no traceback
+    failed = [line for line in r.stderr.splitlines() if line.startswith("trial ") and " failed: " in line]
+    assert len(failed) == 1 and failed[0].endswith("/error.txt)") and f"failed: TrainingError: {reason}" in failed[0], out[-4000:]
+    assert any(line.startswith("failed bs=64 ") and line.endswith(f"TrainingError: {reason}") for line in r.stdout.splitlines()), r.stdout[-3000:]
+    assert "Traceback" not in out, out[-4000:]
     (trial_dir,) = glob.glob(str(tmp_path / "rr" / "oom" / "*_bs64_*"))
     assert reason in Path(trial_dir, "error.txt").read_text()
+    assert Path(trial_dir, "error.txt").read_text().count('File "') >= 3  # the whole traceback stays in the trial's error file
     res = {k[0]: v for k, v in trial_results(f"sqlite:///{tmp_path / 'm.db'}").items()}
     assert (res[64]["status"], res[64]["mlflow_status"]) == ("failed", "FAILED")
     assert res[64]["error"] == f"TrainingError: {reason}"

@@ -13,6 +13,28 @@ from test_sweeps_e2e import trial_runs
 REPO = Path(__file__).resolve().parent.parent
 
 
+def assert_quiet_early_stops(out: str) -> None:
+    """Trials ASHA stops end cleanly (issue 12.3): no native crash dump of a worker whose process exited while
+    the stopped trial's training thread was still inside torch."""
+    for sign in ("Fatal Python error", "SIGABRT", "terminate called", "Traceback"):
+        assert sign not in out, out[-4000:]
+
+
+def test_asha_smoke_search_stops_trials_quietly(tmp_path):
+    """An ASHA smoke search where most trials are stopped early (grace period 1, 6 samples): its whole output
+    holds no crash dump; the stopped trials' runs are marked stopped."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    r = subprocess.run([sys.executable, "-m", "sweeps.optuna_factor_lr", "--smoke-test", "--storage-path", str(tmp_path / "rr"),
+                        "--name", "asha", "--tracking-uri", uri, "--batch-sizes", "64", "--num-samples", "6", "--grace-period", "1",
+                        "--set", "epochs=3"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_quiet_early_stops(r.stdout + r.stderr)
+    _, _, children = trial_runs(uri, "bigbatch-optuna-factor-lr")
+    assert len(children) == 6 and all(c.data.tags["bigbatch.status"] in ("completed", "diverged", "stopped") for c in children)
+
+
 def test_optuna_smoke_search_persists_and_continues(tmp_path):
     import optuna
 
@@ -23,6 +45,7 @@ def test_optuna_smoke_search_persists_and_continues(tmp_path):
     r = subprocess.run(base + ["--batch-sizes", "64", "128", "--num-samples", "2"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_quiet_early_stops(r.stdout + r.stderr)
     lines = r.stdout.splitlines()
     head = next(i for i, l in enumerate(lines) if l.startswith("best factor per batch size"))  # f after eq. 2 (exp5: = factor_lr)
     table = {int(l.split()[0]): l.split() for l in lines[head + 2: head + 4]}
@@ -45,6 +68,7 @@ def test_optuna_smoke_search_persists_and_continues(tmp_path):
     r = subprocess.run(base + ["--batch-sizes", "64", "--num-samples", "3"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_quiet_early_stops(r.stdout + r.stderr)
     assert "batch size 64: 2 trials already in study opt-bs64, running 1 more" in r.stdout
     study = optuna.load_study(study_name="opt-bs64", storage=storage)
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
