@@ -525,6 +525,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     add_common_args(p)
     p.add_argument("--format", choices=FORMATS, default="markdown", help="output format (default markdown)")
     p.add_argument("--paper", action="store_true", help="add the paper's value and our difference to each cell")
+    p.add_argument("--register", action="store_true",
+                   help="also register each cell's chosen model in the MLflow Model Registry (bigbatch-<row>-bs<N>, "
+                        "alias table1; load with analysis.models.load_model)")
     args = p.parse_args(list(argv) if argv is not None else None)
 
     def body():
@@ -535,6 +538,12 @@ def main(argv: Iterable[str] | None = None) -> int:
             raise AnalysisError("no runs of the Table I experiments (bigbatch-exp1..exp6) nor of the lr grid "
                                 "(bigbatch-lr-grid) in the store")
         sys.stdout.write(render(tables, args.format, paper=args.paper, lr_grid_frame=grid))
+        if args.register:
+            from .models import register_tables
+
+            for reg in register_tables(tables, runs, args.tracking_uri):
+                print(f"{'registered' if reg.new else 'unchanged '} {reg.name} version {reg.version} (alias table1): run {reg.run_id}, "
+                      f"best_val_acc {reg.best_val_acc:.2f}, test_acc {reg.test_acc:.2f}", file=sys.stderr)
 
     return run_cli(body)
 
