@@ -221,9 +221,7 @@ def plan_table(args: argparse.Namespace, env: dict[str, str] | None = None,
     if bad:
         raise ConfigError(f"unknown experiment {bad[0]!r}; Table I's rows: {', '.join(TABLE_EXPERIMENTS)}")
     experiments = list(dict.fromkeys(args.experiments))  # once each, in the given order
-    seeds = preset.seeds if args.seeds is None else args.seeds
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+
     if args.trials_at_once is not None and args.trials_at_once < 1:
         raise ConfigError(f"--trials-at-once must be >= 1, got {args.trials_at_once}")
     if args.threads_per_trial < 1:
@@ -242,6 +240,9 @@ def plan_table(args: argparse.Namespace, env: dict[str, str] | None = None,
             overrides, smoke = dict(preset.fallback_overrides), True  # synthetic smoke data, said in one line
         else:
             raise ConfigError(f"the {preset.name} preset needs Fashion-MNIST: {data.note}")
+    seeds = (1 if smoke else preset.seeds) if args.seeds is None else args.seeds  # smoke data: one seed
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     overrides.update(parse_set(args.set))
     RunConfig.from_dict({k: v for k, v in overrides.items()})  # a bad --set fails here, before Ray starts
     gpus = args.gpus_per_trial

@@ -93,7 +93,8 @@ OPTION_CASES = [
      dict(trials_at_once=1, threads_per_trial=2, num_cpus=2)),
     ("gpu-as-gpus-allow", ["--gpus-per-trial", "0.25"], dict(trials_at_once=None, num_cpus=None, gpus_per_trial=0.25)),
     ("paper-preset", ["--preset", "paper"], dict(seeds=1, overrides={})),
-    ("smoke-test", ["--smoke-test"], dict(smoke_test=True, overrides={})),
+    ("smoke-test", ["--smoke-test"], dict(smoke_test=True, overrides={}, seeds=1)),
+    ("smoke-test-seeds", ["--smoke-test", "--seeds", "2"], dict(smoke_test=True, seeds=2)),
     ("set-on-top", ["--set", "width_mult=1"], dict()),
 ]
 
@@ -131,7 +132,7 @@ def test_offline_mini_is_an_error_and_the_demo_falls_back_to_synthetic():
     with pytest.raises(ConfigError, match="the mini preset needs Fashion-MNIST: no Fashion-MNIST files"):
         plan([], OFFLINE)
     demo = plan(["--preset", "demo"], OFFLINE)
-    assert demo.smoke_test and demo.overrides["dataset"] == "synthetic"
+    assert demo.smoke_test and demo.overrides["dataset"] == "synthetic" and demo.seeds == 1
     real = plan(["--preset", "demo"])
     assert not real.smoke_test and real.overrides["dataset"] == "fashion-mnist"
 
