@@ -6,6 +6,8 @@ Writes PNGs (matplotlib, Agg):
   Figures 1-5);
 - ``test_acc_vs_batch_size.png``: test accuracy against batch size, one line per experiment, the
   paper's Table I values dashed beside;
+- ``gns_<exp>.png`` and ``sharpness_vs_batch_size.png``: the gradient noise scale per epoch and the
+  sharpness of the chosen model (analysis.measurements), when the runs logged them;
 - ``factor_lr_vs_batch_size.png``: the best CyclicLR factor at each batch size (``scaled_factor_lr``, the
   factor after eq. 2, a param of every run) found by the Optuna search (and by exp5's grid) against
   eq. 2, f = 10 * sqrt(32 / bs); only when such runs exist.
@@ -33,6 +35,7 @@ from bigbatch.config import OneLineArgumentParser  # noqa: E402
 from bigbatch.experiments import PAPER_TABLE, TABLE_EXPERIMENTS, eq2_factor  # noqa: E402
 from bigbatch.schema import FINISHED, OPTUNA_EXPERIMENT, ROLE_SWEEP, default_tracking_uri  # noqa: E402
 
+from . import measurements  # noqa: E402
 from .cli import add_common_args, load_selected_runs, run_cli  # noqa: E402
 from .runs import AnalysisError, load_history  # noqa: E402
 from .table import BEST_SUFFIX, Table, build_tables, fmt_setting  # noqa: E402
@@ -308,6 +311,14 @@ def write_figures(runs: pd.DataFrame, history: pd.DataFrame, out_dir: str | Path
     p = plot_factor_lr(runs, tables, out / "factor_lr_vs_batch_size.png")
     if p:
         written.append(p)
+    for t in tables:  # why large batches lose: the measurements (analysis.measurements)
+        for e in t.rows:
+            p = measurements.plot_gns(t, history, e, out / f"gns_{e}{_suffix(t, several)}.png")
+            if p:
+                written.append(p)
+    p = measurements.plot_sharpness(tables, runs, out / "sharpness_vs_batch_size.png")
+    if p:
+        written.append(p)
     return written
 
 
@@ -328,7 +339,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         tables = build_tables(runs)
         if not tables and not len(factor_lr_runs(runs)):
             raise AnalysisError(f"no finished bigbatch trial runs in {uri} to draw")
-        history = load_history(uri, chosen_run_ids(tables), CURVE_METRICS)
+        history = load_history(uri, chosen_run_ids(tables), (*CURVE_METRICS, *measurements.HISTORY_METRICS))
         for path in write_figures(runs, history, args.out, tables):
             print(path)
 

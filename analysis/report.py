@@ -28,6 +28,7 @@ from bigbatch.schema import EXPERIMENT_PREFIX, ROLE_SWEEP, STATUSES, default_tra
 
 from . import figures as figs
 from . import lr_grid
+from . import measurements as measures
 from .cli import add_common_args, load_selected_runs, run_cli
 from .runs import load_history
 from .table import (Table, build_tables, fmt_num, fmt_value, markdown_table, paper_gap, paper_spread,
@@ -104,8 +105,9 @@ def deviations(runs: pd.DataFrame) -> list[str]:
 
 
 def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFrame, fig_paths: Sequence[Path],
-                 out_dir: Path, tracking_uri: str) -> str:
-    """The report as Markdown (pure: every input is given)."""
+                 out_dir: Path, tracking_uri: str, per_epoch: pd.DataFrame | None = None) -> str:
+    """The report as Markdown (pure: every input is given). ``history``: epoch_seconds of every trial;
+    ``per_epoch``: the chosen runs' per-epoch metrics (validation curves, gns)."""
     md: list[str] = []
     add = md.append
     trials = runs[runs["role"] != ROLE_SWEEP]
@@ -182,6 +184,30 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
             add("scaled_factor_lr: the factor f at the run's batch size (after eq. 2 where the config scales it; "
                 "bounds lr/f .. lr·f), for the Optuna trials and exp5's grid choice.\n")
             add(f"![factor_lr vs batch size]({rel['factor_lr_vs_batch_size.png']})\n")
+
+    # ---- measurements
+    if per_epoch is None:
+        per_epoch = pd.DataFrame(columns=["run_id", "metric", "step", "value"])
+    sentences = measures.read_measurements(tables, runs, per_epoch)
+    sharp = measures.sharpness_table(tables, runs)
+    if sentences or len(sharp):
+        add("## Why large batches lose: gradient noise scale and sharpness\n")
+        add("Measured in every run without changing its training (bigbatch.measure; docs/analysis.md): the gradient "
+            "noise scale B_simple = tr(Sigma) / |G|^2 per epoch (McCandlish et al. 2018), the batch size beyond "
+            "which a bigger batch stops buying proportionally fewer steps; and the sharpness of the chosen model, "
+            "the top eigenvalue of the training-loss Hessian (Keskar et al. 2017).\n")
+        add(" ".join(sentences) + "\n" if sentences else "")
+        if len(sharp):
+            add("Sharpness per Table I cell (mean over the chosen setting's seeds):\n")
+            rows = [["row", *[str(int(b)) for b in sharp.columns]]]
+            for label, row in sharp.iterrows():
+                rows.append([str(label), *[(f"{v:.3g}" if pd.notna(v) else "-") for v in row.values]])
+            add(md_table(rows, "l" + "r" * len(sharp.columns)) + "\n")
+        rel = {p.name: p.relative_to(out_dir).as_posix() for p in fig_paths}
+        for name in sorted(n for n in rel if n.startswith("gns_")):
+            add(f"![gradient noise scale]({rel[name]})\n")
+        if "sharpness_vs_batch_size.png" in rel:
+            add(f"![sharpness vs batch size]({rel['sharpness_vs_batch_size.png']})\n")
 
     # ---- chosen settings
     chosen = [(t, c) for t in tables for c in sorted(t.cells.values(), key=lambda c: (t.all_rows.index(c.row),
@@ -288,11 +314,11 @@ def write_report(tracking_uri: str | None = None, out_dir: str | Path = "report"
     trial_ids = runs.loc[runs["role"] != ROLE_SWEEP, "run_id"].tolist()
     curve_ids = set(figs.chosen_run_ids(tables))
     history = load_history(uri, trial_ids, ("epoch_seconds",))
-    curves = load_history(uri, [r for r in trial_ids if r in curve_ids], figs.CURVE_METRICS)
+    curves = load_history(uri, [r for r in trial_ids if r in curve_ids], (*figs.CURVE_METRICS, *measures.HISTORY_METRICS))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig_paths = figs.write_figures(runs, curves, out / "figures", tables)
-    text = build_report(runs, tables, history, fig_paths, out, uri)
+    text = build_report(runs, tables, history, fig_paths, out, uri, per_epoch=curves)
     md_path = out / "report.md"
     md_path.write_text(text)
     (out / "report.html").write_text(to_html(text, title="bigbatch: Table I rebuilt"))

@@ -701,3 +701,33 @@ def test_analysis_imports_only_the_core():
             elif isinstance(node, ast.Constant) and isinstance(node.value, str):
                 assert not node.value.startswith(("bigbatch.", "bigbatch-")), (path, node.value)
     assert not (root / "markdown.py").exists()  # the HTML comes from Python-Markdown
+
+
+def test_measurements_table_sentences_and_figures(tmp_path):
+    """Issue 11: sharpness per Table I cell (the chosen runs only), the last noise scale per cell, the
+    sentences that read them, and the two figures."""
+    from analysis import measurements
+    from analysis.table import build_table
+
+    rows = [frame_run(f"a{bs}", experiment="exp3", bs=bs, val=80.0, test=80.0, sharpness=s)
+            for bs, s in ((32, 5.0), (256, 20.0), (1024, 80.0))]
+    rows += [frame_run("b32", experiment="exp1", bs=32, val=70.0, test=70.0, sharpness=30.0),
+             frame_run("b1024", experiment="exp1", bs=1024, val=30.0, test=30.0, sharpness=10.0)]
+    runs = pd.DataFrame(rows)
+    t = build_table(runs)
+    sharp = measurements.sharpness_table([t], runs)
+    assert list(sharp.columns) == [32, 256, 1024] and sharp.loc["exp3", 1024] == 80.0
+    assert math.isnan(sharp.loc["exp1", 256])
+    # gns: a run's last logged value counts; exp3 at 1024 ends at 200 (bs / gns = 5.12: beyond its noise scale)
+    hist = pd.DataFrame([(rid, "gns", step, v) for rid, vals in (("a32", (900.0, 1000.0)), ("a256", (400.0, 500.0)),
+                                                                  ("a1024", (100.0, 200.0)))
+                         for step, v in enumerate(vals, 1)], columns=["run_id", "metric", "step", "value"])
+    final = measurements.final_noise_scale([t], hist)
+    assert final.set_index("batch_size")["gns"].to_dict() == {32: 1000.0, 256: 500.0, 1024: 200.0}
+    text = " ".join(measurements.read_measurements([t], runs, hist))
+    assert "between 200 and 1e+03" in text and "1 of the 3 cells" in text and "exp3 at bs 1024, 5.12 times" in text
+    assert "rises from the smallest to the largest batch size in 1 of the 2 rows" in text  # exp3 rises, exp1 falls
+    assert measurements.plot_gns(t, hist, "exp3", tmp_path / "gns_exp3.png").stat().st_size > 10_000
+    assert measurements.plot_gns(t, hist, "exp1", tmp_path / "gns_exp1.png") is None  # no gns logged
+    assert measurements.plot_sharpness([t], runs, tmp_path / "sharp.png").stat().st_size > 10_000
+    assert measurements.read_measurements([t], runs.drop(columns="sharpness"), hist.iloc[:0]) == []

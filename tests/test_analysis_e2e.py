@@ -69,7 +69,9 @@ def _mlflow_truth(uri: str) -> pd.DataFrame:
                          "batch_size": int(run.data.params["batch_size"]),
                          "factor_lr": float(run.data.params["factor_lr"]),
                          "status": run.data.tags["bigbatch.status"],
-                         "best_val_acc": run.data.metrics["best_val_acc"], "test_acc": run.data.metrics["test_acc"]})
+                         "best_val_acc": run.data.metrics["best_val_acc"], "test_acc": run.data.metrics["test_acc"],
+                         "sharpness": run.data.metrics.get("sharpness"),
+                         "gns_epochs": len(client.get_metric_history(run.info.run_id, "gns"))})
     return pd.DataFrame(rows)
 
 
@@ -143,8 +145,14 @@ def test_smoke_sweep_cli_figures_report(sweep_store, tmp_path):
                         str(tmp_path / "figs")], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     figs = [Path(p) for p in r.stdout.split()]
-    assert sorted(p.name for p in figs) == ["curves_exp1.png", "curves_exp5.png", "factor_lr_vs_batch_size.png",
-                                           "test_acc_vs_batch_size.png"]
+    # the measurements (issue 11): every trial logged its sharpness, and the noise scale where it was finite
+    truth = _mlflow_truth(sweep_store)
+    assert truth["sharpness"].notna().all() and truth["gns_epochs"].sum() > 0
+    names = sorted(p.name for p in figs)
+    gns_figs = {n for n in names if n.startswith("gns_")}
+    assert set(names) - gns_figs == {"curves_exp1.png", "curves_exp5.png", "factor_lr_vs_batch_size.png",
+                                     "test_acc_vs_batch_size.png", "sharpness_vs_batch_size.png"}
+    assert gns_figs and gns_figs <= {"gns_exp1.png", "gns_exp5.png"}
     for p in figs:
         assert p.stat().st_size > 15 * 1024
         img = mpimg.imread(p)
@@ -163,3 +171,4 @@ def test_smoke_sweep_cli_figures_report(sweep_store, tmp_path):
     total = re.search(r"sum of `train_seconds`\): \*\*([0-9.]+) (s|min|h)\*\*", md)
     assert total and float(total.group(1)) > 0 and not math.isnan(float(total.group(1)))
     assert "<table>" in html_path.read_text()
+    assert "## Why large batches lose: gradient noise scale and sharpness" in md and "Sharpness per Table I cell" in md
