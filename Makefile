@@ -21,11 +21,11 @@ $(STAMP): pyproject.toml
 
 # The whole pipeline in a few minutes on a 2-core CPU, from an empty ./demo each time: the baseline and
 # exp6 at every batch size of the paper on real Fashion-MNIST at a tiny scale (VGG13 width 0.125, 2,048
-# images, 2 epochs: learning visible, not the paper's effects), then Table I rebuilt from MLflow beside
-# the paper's numbers and the report (Markdown + HTML + figures) in ./demo/report/. The data comes from
-# $BIGBATCH_DATA_DIR, else ../shared/data/fashion-mnist, else a download; offline without the files it
-# falls back to synthetic smoke data, says so in one line, and the table names the dataset. The logic
-# lives in sweeps.table1 (the demo preset); `python -m sweeps.table1 --preset mini` is the real run.
+# images, 5 epochs: learning visible at the small batches, not the paper's effects), then Table I rebuilt
+# from MLflow beside the paper's numbers and the report (Markdown + HTML + figures) in ./demo/report/. The
+# data comes from $BIGBATCH_DATA_DIR, else ../shared/data/fashion-mnist, else a download; offline without
+# the files it falls back to synthetic smoke data, says so in one line, and the table names the dataset.
+# The logic lives in sweeps.table1 (the demo preset); `python -m sweeps.table1 --preset mini` is the real run.
 DEMO := $(CURDIR)/demo
 DEMO_URI := sqlite:///$(DEMO)/mlflow.db
 
