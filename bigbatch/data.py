@@ -12,6 +12,9 @@ code: the md5 check is what makes that safe). ``FashionMNIST`` downloads and md5
 archives into ``data_dir/FashionMNIST/raw``; a folder that already holds the four ``.gz`` files
 (``data_dir`` itself or ``data_dir/fashion-mnist``) is read as it is, with torchvision's idx reader.
 
+``prepare_data(cfg)`` does the file work alone (check, or download once, and fingerprint; nothing on a
+device): the sweeps call it on their driver before Ray starts and give the trials ``download=false``.
+
 Tests: the CIFAR files that ``tests/fixtures.py`` writes in the official format are not the official
 files, so torchvision's md5 check refuses them. The fixture therefore patches torchvision's expected
 md5 lists (``CIFAR10.train_list`` / ``test_list`` / ``meta``) with the md5 of the files it wrote, in
