@@ -150,9 +150,6 @@ def check_resources(cpus: float, gpus: float | None) -> float:
 def ray_environment() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic trial table (CLIReporter) with our columns
-    # Tune logs every trial failure with its whole remote traceback; TrialErrors prints them instead:
-    # one line for the errors bigbatch knows, the traceback for any other
-    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
     # num_to_keep forces a state snapshot per checkpoint; with short smoke epochs Tune warns about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
@@ -221,8 +218,11 @@ def _load_trial_error(trial) -> BaseException | None:
 
 def trial_errors_callback():
     """A Tune callback (driver side) that prints each trial failure: one line for a known error (the full
-    traceback stays in the trial's ``error.txt`` and MLflow), Ray's whole message for any other."""
+    traceback stays in the trial's ``error.txt`` and MLflow), Ray's whole message for any other. Turns off
+    Tune's own printing of trial errors (a whole remote traceback each), read when a Tuner starts."""
     from ray import tune
+
+    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
 
     class TrialErrors(tune.Callback):
         def _report(self, trial, retrying: bool) -> None:
