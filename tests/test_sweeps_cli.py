@@ -235,3 +235,12 @@ def test_lr_grid_smoke_sweep(tmp_path):
     assert {c.data.tags["bigbatch.paper_row"] for c in children} == {"Learning-rate grid (baseline, bs 32)"}
     assert "lr-grid bs=32 lr=0.003 seed=0" in {c.info.run_name for c in children}
     assert all(c.data.tags["bigbatch.status"] in ("completed", "diverged") and "test_acc" in c.data.metrics for c in children)
+
+
+def test_closing_hint_points_at_the_tracking_server():
+    """With a tracking server the closing line names its URL, not `mlflow ui --backend-store-uri http://...` (issue 12.5)."""
+    from sweeps.runner import ui_hint
+
+    assert ui_hint("http://10.0.0.5:5000").startswith("open http://10.0.0.5:5000 in a browser")
+    assert "mlflow ui" not in ui_hint("https://mlflow.example:443")
+    assert ui_hint("sqlite:////abs/mlflow.db").startswith("mlflow ui --backend-store-uri sqlite:////abs/mlflow.db")
