@@ -131,7 +131,7 @@ class RunConfig:
 
     # ---- measurements (bigbatch.measure): logged beside the run, never change its training ----
     gns_images: int = 1024  # gradient noise scale: images per probe, in >= 2 batches of batch_size (0 = off); cost about max(gns_images, 2 bs) / n_train of an epoch
-    gns_every: int = 1  # epochs between gradient-noise-scale probes
+    gns_every: int = 2  # epochs between gradient-noise-scale probes (2: at most ~3.7 % of training at the paper's scale, bench/RESULTS.md)
     sharpness_images: int = 1000  # Hessian top eigenvalue of the best model on this many training images (0 = off); cost about 1-2 epochs of those images
     sharpness_iters: int = 20  # power-iteration steps (Hessian-vector products) for the sharpness
 
