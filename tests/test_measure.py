@@ -163,7 +163,7 @@ def _cfg(**kw):
 
     # momentum and a large lr: a narrow VGG must learn within 3 epochs for |G|^2 to stand out of the noise
     base = dict(dataset="synthetic", synthetic_size=640, val_size=128, width_mult=0.125, epochs=3, batch_size=64,
-                norm="ghost", lr=0.5, momentum=0.9, eval_batch_size=256, gns_images=512, sharpness_images=128,
+                norm="ghost", lr=0.5, momentum=0.9, eval_batch_size=256, gns_images=512, gns_every=1, sharpness_images=128,
                 sharpness_iters=4)
     return RunConfig(**{**base, **kw})
 
