@@ -280,8 +280,9 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs, {gpu}; torch {torch.__version__}"
 
 
-def write_report(out: Path, quiet: bool = False) -> int:
-    """analysis.table --paper (Markdown and CSV) and analysis.report, as subprocesses, into out/report/."""
+def write_report(out: Path, quiet: bool = False, title: str = "") -> int:
+    """analysis.table --paper (Markdown and CSV) and analysis.report, as subprocesses, into out/report/;
+    ``title`` (e.g. the dataset) heads the printed table and table.md."""
     uri = f"sqlite:///{out / 'mlflow.db'}"
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -289,12 +290,13 @@ def write_report(out: Path, quiet: bool = False) -> int:
     for fmt, name in (("markdown", "table.md"), ("csv", "table.csv")):
         r = subprocess.run([sys.executable, "-m", "analysis.table", "--tracking-uri", uri, "--paper", "--format", fmt],
                            capture_output=True, text=True, cwd=REPO)
-        (report / name).write_text(r.stdout)
+        head = f"{title}\n\n" if title and fmt == "markdown" else ""
+        (report / name).write_text(head + r.stdout)
         if r.returncode:
             print(r.stderr.strip(), file=sys.stderr)
             code = r.returncode
         elif fmt == "markdown":
-            print(r.stdout)
+            print(f"\n{head}{r.stdout}")
     r = subprocess.run([sys.executable, "-m", "analysis.report", "--tracking-uri", uri, "--out", str(report)],
                        capture_output=quiet, text=True, cwd=REPO)
     return code or r.returncode
@@ -338,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{plan.out / 'ray_results'}", file=sys.stderr, flush=True)
         return 130
     sweep_seconds = time.perf_counter() - t0
-    report_code = 0 if args.no_report else write_report(plan.out, args.quiet)
+    dataset = "synthetic" if plan.smoke_test else plan.overrides.get("dataset", RunConfig.dataset)
+    title = f"Table I on {dataset} ({label} preset{', real data' if dataset != 'synthetic' else ', smoke data: not the paper'})"
+    report_code = 0 if args.no_report else write_report(plan.out, args.quiet, title)
     wall = time.perf_counter() - t0
     lines = [
         f"# Table I run ({label} preset)", "",
