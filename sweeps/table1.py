@@ -3,7 +3,7 @@
     python -m sweeps.table1 --preset mini                              # Fashion-MNIST at laptop scale
     python -m sweeps.table1 --preset mini --experiments exp1 exp3 exp6 # the headline rows
     python -m sweeps.table1 --preset mini --gpus-per-trial 0.25 --set width_mult=1   # the same on a GPU
-    python -m sweeps.table1 --preset paper --out runs/table1           # the paper's full setting (CIFAR-10)
+    python -m sweeps.table1 --preset paper --out runs/paper            # the paper's full setting (CIFAR-10)
     python -m sweeps.table1 --preset demo --experiments exp1 exp6      # `make demo`: a few minutes on 2 CPUs
     python -m sweeps.table1 --smoke-test --experiments exp1 exp6       # the machinery only (synthetic)
 
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiments", nargs="+", default=list(TABLE_EXPERIMENTS), metavar="EXP",
                    help=f"rows to run (default all six; the headline rows: {' '.join(HEADLINE)})")
     p.add_argument("--seeds", type=int, help="seeds per cell (default: the preset's)")
-    p.add_argument("--out", default="table1", help="directory for mlflow.db, ray_results/ and report/ (default ./table1)")
+    p.add_argument("--out", help="directory for mlflow.db, ray_results/ and report/ (default ./runs/table1-<preset>, git-ignored)")
     p.add_argument("--smoke-test", action="store_true", help="the sweeps' smoke settings (synthetic, 2-3 epochs): the machinery only")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override RunConfig keys of every run (e.g. width_mult=1)")
     p.add_argument("--batch-sizes", type=int, nargs="+", metavar="BS", help="batch sizes (default: each experiment's row)")
@@ -228,7 +228,7 @@ def plan_table(args: argparse.Namespace, env: dict[str, str] | None = None,
         raise ConfigError(f"--trials-at-once must be >= 1, got {args.trials_at_once}")
     if args.threads_per_trial < 1:
         raise ConfigError(f"--threads-per-trial must be >= 1, got {args.threads_per_trial}")
-    out = Path(args.out).expanduser().resolve()
+    out = Path(args.out or f"runs/table1-{'smoke' if args.smoke_test else preset.name}").expanduser().resolve()
     overrides = dict(preset.overrides)
     data = None
     smoke = bool(args.smoke_test)
