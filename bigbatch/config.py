@@ -248,7 +248,8 @@ class RunConfig:
         if self.schedule == "warmup_step":
             warmup = self.scaled_warmup_epochs if self.warmup_per_iteration else whole_epochs(self.scaled_warmup_epochs)
             if warmup >= self.total_epochs:
-                scaled = "" if self.epoch_scale == 1.0 else f" (x epoch_scale {self.epoch_scale:g} = {warmup:g} epochs)"
+                scaled = "" if self.epoch_scale == 1.0 else f" (x epoch_scale {self.epoch_scale:g} = {self.scaled_warmup_epochs:g} epochs" + (
+                    ")" if self.warmup_per_iteration else f", {warmup} whole epochs when stepped per epoch)")
                 raise ConfigError(
                     f"warmup_epochs={self.warmup_epochs}{scaled} is not shorter than training ({self.total_epochs} epochs)"
                 )
