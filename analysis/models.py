@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bigbatch.config import RunConfig
-from bigbatch.schema import (BEST_MODEL, CONFIG_ARTIFACT, LOGGED_MODEL_NAME, REGISTRY_ALIAS, default_tracking_uri,
+from bigbatch.schema import (BEST_MODEL, CONFIG_ARTIFACT, LOGGED_MODEL_NAME, REGISTRY_ALIAS, TAG_CELL,
+                             default_tracking_uri,
                              registered_model_name)
 
 from .runs import AnalysisError, check_tracking_uri, one_line
@@ -148,7 +149,7 @@ def register_tables(tables: Sequence, runs, tracking_uri: str | None = None, ali
                     model, cfg = build_from_run(client, run["run_id"], Path(tmp) / run["run_id"])
                     version = _log_model(uri, run["run_id"], name, model, DATASET_SHAPE.get(cfg.dataset, (10, 3))[1])
                     client.set_registered_model_alias(name, alias, version)
-                    client.set_model_version_tag(name, version, "bigbatch.cell", f"{row} bs={bs}")
+                    client.set_model_version_tag(name, version, TAG_CELL, f"{row} bs={bs}")
                     out.append(Registered(name, version, run["run_id"], float(run["best_val_acc"]), float(run["test_acc"]), True))
     except AnalysisError:
         raise

@@ -95,6 +95,7 @@ RUN_FILE = "mlflow_run.json"  # beside last.pt: the trial's MLflow run id travel
 # ---------------------------------------------------------------------------------------------- model registry
 REGISTERED_MODEL_PREFIX = "bigbatch-"  # a Table I cell's chosen model: bigbatch-exp6-bs1024
 REGISTRY_ALIAS = "table1"  # the alias of the version that is the cell's current choice
+TAG_CELL = tag("cell")  # model version tag: the Table I cell it was chosen for, e.g. "exp6 bs=1024"
 LOGGED_MODEL_NAME = "model"  # mlflow.pytorch.log_model(..., name=LOGGED_MODEL_NAME)
 
 
