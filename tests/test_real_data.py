@@ -1,5 +1,5 @@
-"""One of the paper's effects on real Fashion-MNIST, short enough for `make test` (two runs, about 2 minutes on an
-idle 2-core CPU; 4-7 minutes under today's load of 8-10).
+"""One of the paper's effects on real Fashion-MNIST, short enough for `make test` (two runs: this file took 169 s
+on the 2-core CPU at load 2-5, beside a `make demo`; estimated 4-7 minutes under a load of 8-10).
 
 At a large batch with few optimizer steps, ghost batch norm + the linear scaling rule (exp3) beats the
 baseline (exp1: lr 0.01 constant, no batch norm), as in Table I (bs 1024: 79.07% vs 39.46%). Here: bs 256,
