@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 
 # The whole pipeline in a few minutes on a 2-core CPU, from an empty ./demo each time: the baseline and
 # exp6 at every batch size of the paper on real Fashion-MNIST at a tiny scale (VGG13 width 0.125, 2,048
-# images, 5 epochs: learning visible at the small batches, not the paper's effects), then Table I rebuilt
+# images, 5 epochs: 6.9 min measured on 2 busy cores; exp6 leaves chance (14-20%), the baseline at lr 0.01
+# does not in so few steps: not the paper's effects, see bench/RESULTS.md), then Table I rebuilt
 # from MLflow beside the paper's numbers and the report (Markdown + HTML + figures) in ./demo/report/. The
 # data comes from $BIGBATCH_DATA_DIR, else ../shared/data/fashion-mnist, else a download; offline without
 # the files it falls back to synthetic smoke data, says so in one line, and the table names the dataset.
