@@ -61,27 +61,31 @@ class Preset:
 
 # The measurements (bigbatch.measure) stay on in every preset, small: the gradient noise scale every
 # gns_every = 5 epochs (2 probes per 10-epoch run) on max(1024, 2 bs) images of gradients (at bs 1024:
-# 2 x 2,048 images, 4% of the run's 102,400 training images; at bs 32: 2%); the sharpness once per run
-# on 256 images with at most 10 Hessian-vector products per power iteration (about 256 x 10 x 3 = 7.7k
-# image-passes: ~6% of a run; estimated, not timed separately).
-MINI_MEASURE = {"gns_images": 1024, "gns_every": 5, "sharpness_images": 256, "sharpness_iters": 10}
+# 2 x 2,048 images, 5% of the run's 81,920 training images; at bs 32: 2.5%); the sharpness once per run
+# on 128 images with at most 10 Hessian-vector products per power iteration (~128 x 10 x 3 = 3.8k
+# image-passes: ~4% of a run; estimated, not timed separately).
+MINI_MEASURE = {"gns_images": 1024, "gns_every": 5, "sharpness_images": 128, "sharpness_iters": 10}
 
-# mini: Fashion-MNIST (60k 28x28 images, zero-padded to 32x32), VGG13 at width 0.125, the first 10,240
-# images of the 58,000/2,000 train/val split, every epoch count of the paper x 0.1 (100 -> 10 epochs,
+# mini: Fashion-MNIST (60k 28x28 images, zero-padded to 32x32), VGG13 at width 0.125, the first 8,192
+# images of the 59,000/1,000 train/val split, every epoch count of the paper x 0.1 (100 -> 10 epochs,
 # warmup 0.5 epoch, milestones 3/6/9, CyclicLR half-period 1.2 epochs of full batches), 2 seeds.
-# The arithmetic (bench/RESULTS.md, "mini preset"): bs 1024 takes 10 epochs x ceil(10240 / 1024) = 100
-# optimizer steps (bs 32: 3,200), every run of exp1/3/4/6 trains on 102,400 images and evaluates
-# 10 x 2,000 validation + 10,000 test images. Measured at width 0.125 on this 2-core CPU, one torch
-# thread per trial, two trials at once (under load from other jobs: pessimistic): see RESULTS.md for
-# the seconds per run; the headline rows are 3 experiments x 6 batch sizes x 2 seeds = 36 runs.
+# The arithmetic (bench/RESULTS.md, "mini preset"): bs 1024 takes 10 epochs x 8,192 / 1,024 = 80
+# optimizer steps (bs 32: 2,560). A run of exp1/3/4/6 trains on 81,920 images and evaluates 10 x 1,000
+# validation + 10,000 test images (eval 3.7x cheaper per image: 5.4k training-image equivalents), plus
+# ~3k for the noise scale and ~3.8k for the sharpness: ~94k image equivalents. The headline rows are
+# 3 experiments x 6 batch sizes x 2 seeds = 36 runs = 3.4M; measured on this 2-core CPU nearly idle (load
+# 0.4-2, width 0.125, ghost BN, bs 256): 2 trials x 1 thread = 947 img/s (1 trial x 2 threads: 786), so
+# 3.4M / 947 = 3,570 s: about 60 min (exp1's model, without BN, is a little faster). 10,240 images (100
+# steps at bs 1024: --set train_subset=10240) would take ~72 min. Nothing here is CPU-only: on a GPU,
+# --gpus-per-trial 0.25 --set width_mult=1.
 MINI = Preset(
     "mini",
-    "Fashion-MNIST, VGG13 width 0.125, 10,240 training images, epochs x 0.1 (bs 1024: 100 steps), 2 seeds",
+    "Fashion-MNIST, VGG13 width 0.125, 8,192 training images, epochs x 0.1 (bs 1024: 80 steps), 2 seeds",
     overrides={
         "dataset": "fashion-mnist",
         "width_mult": 0.125,
-        "train_subset": 10240,
-        "val_size": 2000,
+        "train_subset": 8192,
+        "val_size": 1000,
         "epoch_scale": 0.1,
         "eval_batch_size": 1000,
         **MINI_MEASURE,

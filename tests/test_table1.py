@@ -152,12 +152,12 @@ def test_every_preset_builds_every_experiment_at_every_batch_size(preset, exp):
 
 
 def test_mini_preset_arithmetic():
-    """The numbers the preset's comment and bench/RESULTS.md state: bs 1024 takes 100 optimizer steps."""
+    """The numbers the preset's comment and bench/RESULTS.md state: bs 1024 takes 80 optimizer steps."""
     import math
 
     cfg = load_experiment("exp1").run_config(batch_size=1024, **MINI.overrides)
     steps = cfg.total_epochs * math.ceil(cfg.train_subset / 1024)
-    assert (cfg.total_epochs, steps) == (10, 100)
+    assert (cfg.total_epochs, steps) == (10, 80)
     exp4 = load_experiment("exp4").run_config(batch_size=1024, **MINI.overrides)
     assert exp4.scaled_warmup_epochs == pytest.approx(0.5) and exp4.scaled_milestones == pytest.approx((3, 6, 9))
     exp2 = load_experiment("exp2").run_config(batch_size=512, **MINI.overrides)
