@@ -16,7 +16,6 @@ idempotent: a cell whose alias already points at a version of the chosen run is 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -30,28 +29,10 @@ from bigbatch.schema import (BEST_MODEL, CONFIG_ARTIFACT, LOGGED_MODEL_NAME, REG
                              default_tracking_uri,
                              registered_model_name)
 
-from .runs import AnalysisError, check_tracking_uri, one_line
+from .runs import AnalysisError, check_tracking_uri, mlflow_session, one_line
 
 # (num_classes, in_channels) of the datasets that differ from CIFAR-10's (10, 3)
 DATASET_SHAPE = {"cifar100": (100, 3), "fashion-mnist": (10, 1)}
-
-
-@contextlib.contextmanager
-def _mlflow(uri: str):
-    """``mlflow`` pointed at ``uri`` (restored after), quiet, without artifact progress bars."""
-    for name in ("mlflow", "alembic", "sqlalchemy"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield mlflow
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 @dataclass(frozen=True)
@@ -129,7 +110,7 @@ def register_tables(tables: Sequence, runs, tracking_uri: str | None = None, ali
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        with _mlflow(uri) as mlflow, tempfile.TemporaryDirectory() as tmp:
+        with mlflow_session(uri) as mlflow, tempfile.TemporaryDirectory() as tmp:
             client = mlflow.tracking.MlflowClient(tracking_uri=uri)
             for row in table.all_rows:
                 for bs in table.batch_sizes:
@@ -167,7 +148,7 @@ def load_model(experiment: str, batch_size: int, tracking_uri: str | None = None
     name = registered_model_name(experiment, batch_size)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        with _mlflow(uri) as mlflow:
+        with mlflow_session(uri) as mlflow:
             import mlflow.pytorch
 
             model = mlflow.pytorch.load_model(f"models:/{name}@{alias}", map_location="cpu")
@@ -183,7 +164,7 @@ def run_config(experiment: str, batch_size: int, tracking_uri: str | None = None
     name = registered_model_name(experiment, batch_size)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        with _mlflow(uri) as mlflow, tempfile.TemporaryDirectory() as tmp:
+        with mlflow_session(uri) as mlflow, tempfile.TemporaryDirectory() as tmp:
             client = mlflow.tracking.MlflowClient(tracking_uri=uri)
             run_id = client.get_model_version_by_alias(name, alias).run_id
             return RunConfig.from_dict(json.loads(Path(client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)).read_text()))

@@ -106,12 +106,14 @@ def one_line(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _mlflow(uri: str):
-    """``mlflow`` pointed at ``uri`` (restored after), quiet, failing fast on an unreachable server."""
+def mlflow_session(uri: str):
+    """``mlflow`` pointed at ``uri`` (restored after), quiet (no artifact progress bars), failing fast
+    on an unreachable server."""
     for name in ("mlflow", "alembic", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
     previous = mlflow.get_tracking_uri()
@@ -170,7 +172,7 @@ def list_experiments(tracking_uri: str | None = None) -> dict[str, str]:
     """MLflow experiment name -> id, for every experiment named ``bigbatch-*``."""
     uri = check_tracking_uri(tracking_uri or default_tracking_uri())
     try:
-        with _mlflow(uri) as mlflow:
+        with mlflow_session(uri) as mlflow:
             return {e.name: e.experiment_id
                     for e in mlflow.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")}
     except Exception as e:  # noqa: BLE001 - any store failure is a one-line user error
@@ -202,7 +204,7 @@ def load_runs(
     raw = pd.DataFrame()
     if names:
         try:
-            with _mlflow(uri) as mlflow:
+            with mlflow_session(uri) as mlflow:
                 raw = mlflow.search_runs(experiment_ids=list(names.values()))
         except Exception as e:  # noqa: BLE001
             raise AnalysisError(f"cannot read runs from MLflow tracking URI {uri}: {one_line(e)}") from None
@@ -279,7 +281,7 @@ def load_history(
     uri = check_tracking_uri(tracking_uri or default_tracking_uri())
     rows: list[tuple[str, str, int, float, int]] = []
     try:
-        with _mlflow(uri):
+        with mlflow_session(uri):
             from mlflow.tracking import MlflowClient
 
             client = MlflowClient(tracking_uri=uri)
