@@ -1,4 +1,5 @@
-"""Test data in the official CIFAR python format (``from fixtures import write_cifar, trust_cifar``).
+"""Test fixtures: data in the official CIFAR python format (``from fixtures import write_cifar, trust_cifar``)
+and ``md_rows``, the rows of a Markdown table.
 
 torchvision md5-checks every CIFAR file, so files written here load only after :func:`trust_cifar`
 has put their md5 in torchvision's expected lists, in this test process (pytest's monkeypatch
@@ -69,3 +70,16 @@ def trust_cifar(monkeypatch, folder: Path, variant: str = "cifar10") -> None:
     monkeypatch.setattr(cls, "train_list", [[f, md5(f)] for f, _ in cls.train_list])
     monkeypatch.setattr(cls, "test_list", [[f, md5(f)] for f, _ in cls.test_list])
     monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(cls.meta["filename"])})
+
+
+def md_rows(md: str) -> list[list[str]]:
+    """The rows of the first Markdown pipe table in ``md`` (header first, separator left out), cells stripped."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if not set(line) <= set("|:- "):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows

@@ -29,6 +29,7 @@ import pandas as pd
 import pytest
 
 from bigbatch.experiments import load_experiment
+from fixtures import md_rows
 
 EPOCHS = 5
 
@@ -166,19 +167,6 @@ def build_store(db: Path) -> str:
         trial("lr-grid", 32, 0, val, test, status="diverged" if diverged else "completed",
               diverged_at=1 if diverged else None, lr=lr)
     return uri
-
-
-def md_rows(md: str) -> list[list[str]]:
-    """The rows of the first Markdown pipe table in ``md`` (header first, separator left out), cells stripped."""
-    lines = md.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    rows = []
-    for line in lines[start:]:
-        if not line.startswith("|"):
-            break
-        if not set(line) <= set("|:- "):
-            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
-    return rows
 
 
 def squeeze(text: str) -> str:

@@ -20,23 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fixtures import md_rows
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def md_rows(md: str) -> list[list[str]]:
-    """The rows of the first Markdown pipe table in ``md`` (header first, separator left out), cells stripped."""
-    lines = md.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    rows = []
-    for line in lines[start:]:
-        if not line.startswith("|"):
-            break
-        if not set(line) <= set("|:- "):
-            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
-    return rows
 
 
 @pytest.fixture(scope="module")
