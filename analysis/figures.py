@@ -36,33 +36,17 @@ from bigbatch.experiments import PAPER_TABLE, TABLE_EXPERIMENTS, eq2_factor  # n
 from bigbatch.schema import FINISHED, OPTUNA_EXPERIMENT, ROLE_SWEEP, default_tracking_uri  # noqa: E402
 
 from . import measurements  # noqa: E402
+from .plotting import DPI, bs_colors, log2_axis  # noqa: E402
 from .cli import add_common_args, load_selected_runs, run_cli  # noqa: E402
 from .runs import AnalysisError, load_history  # noqa: E402
 from .table import BEST_SUFFIX, Table, build_tables, fmt_setting  # noqa: E402
 
 CURVE_METRICS = ("val_acc", "val_loss")
-DPI = 110
 EXP_COLORS = dict(zip(TABLE_EXPERIMENTS, plt.get_cmap("tab10").colors))
 
 
 def _suffix(table: Table, several: bool) -> str:
     return f"_{table.dataset}_{table.recipe}" if several else ""
-
-
-def _bs_colors(batch_sizes: Sequence[int]) -> dict[int, tuple]:
-    cmap = plt.get_cmap("viridis")
-    n = max(len(batch_sizes) - 1, 1)
-    return {b: cmap(0.92 * i / n) for i, b in enumerate(sorted(batch_sizes))}
-
-
-def _log2_axis(ax, values: Iterable[int]) -> None:
-    vals = sorted(set(int(v) for v in values))
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(vals))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([str(v) for v in vals])
-    if vals:
-        ax.set_xlim(vals[0] / 1.25, vals[-1] * 1.25)
 
 
 def chosen_run_ids(tables: Sequence[Table]) -> list[str]:
@@ -85,7 +69,7 @@ def plot_curves(table: Table, history: pd.DataFrame, experiment: str, path: Path
     hist = history[history["run_id"].isin([r for c in cells.values() for r in c.run_ids])]
     if not len(hist):
         return None
-    colors = _bs_colors(list(cells))
+    colors = bs_colors(list(cells))
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), dpi=DPI)
     for ax, metric, ylabel in ((axes[0], "val_acc", "validation accuracy (%)"),
                                (axes[1], "val_loss", "validation loss")):
@@ -178,7 +162,7 @@ def plot_test_vs_batch(tables: Sequence[Table], path: Path) -> Path | None:
                     ys += [paper[b] for b in pb]
                     ax.plot(pb, [paper[b] for b in pb], color=color, ls="--", lw=1.2, marker="s", ms=5,
                             mfc="white", alpha=0.75)
-    _log2_axis(ax, xs_all)
+    log2_axis(ax, xs_all)
     ax.set_ylim(max(0.0, min(ys) - 4.0), min(100.0, max(ys) + 3.0))
     ax.set_xlabel("batch size")
     ax.set_ylabel("test accuracy (%)")
@@ -270,7 +254,7 @@ def plot_factor_lr(runs: pd.DataFrame, tables: Sequence[Table], path: Path) -> P
     bx = np.geomspace(min(xs), max(xs), 200)
     ax.plot(bx, [eq2_factor(b) for b in bx], color="black", ls="--", lw=1.4,
             label=r"eq. 2: $10\,\sqrt{32/\mathrm{bs}}$", zorder=1)
-    _log2_axis(ax, xs)
+    log2_axis(ax, xs)
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(FixedLocator([0.5, 1, 1.5, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50]))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))

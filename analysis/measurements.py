@@ -17,17 +17,12 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+from .plotting import DPI, bs_colors, log2_axis, plt
+from .table import Table
 
-from .table import Table  # noqa: E402
-
-DPI = 110
 HISTORY_METRICS = ("gns",)  # per-epoch metrics these figures read (analysis.runs.load_history)
 
 
@@ -75,12 +70,6 @@ def final_noise_scale(tables: Sequence[Table], history: pd.DataFrame) -> pd.Data
     return pd.DataFrame(rows, columns=["row", "batch_size", "gns", "ratio"])
 
 
-def _colors(batch_sizes: Sequence[int]) -> dict[int, tuple]:
-    cmap = plt.get_cmap("viridis")
-    n = max(len(batch_sizes) - 1, 1)
-    return {b: cmap(0.92 * i / n) for i, b in enumerate(sorted(batch_sizes))}
-
-
 def plot_gns(table: Table, history: pd.DataFrame, experiment: str, path: Path) -> Path | None:
     """The gradient noise scale per epoch, one line per batch size (mean over the chosen seeds), with
     each batch size drawn as a dashed horizontal line in its colour: a run above its line trains with a
@@ -96,7 +85,7 @@ def plot_gns(table: Table, history: pd.DataFrame, experiment: str, path: Path) -
     curves = {b: s[s > 0] for b, s in curves.items() if (s > 0).any()}
     if not curves:
         return None
-    colors = _colors(list(curves))
+    colors = bs_colors(list(curves))
     fig, ax = plt.subplots(figsize=(9.5, 5.2), dpi=DPI)
     for b, s in sorted(curves.items()):
         ax.plot(s.index, s.values, color=colors[b], lw=1.6, marker="o" if len(s) <= 12 else None, ms=3.5,
@@ -134,12 +123,8 @@ def plot_sharpness(tables: Sequence[Table], runs: pd.DataFrame, path: Path) -> P
     if not xs:
         plt.close(fig)
         return None
-    ax.set_xscale("log", base=2)
+    log2_axis(ax, xs)
     ax.set_yscale("log")
-    vals = sorted(xs)
-    ax.xaxis.set_major_locator(FixedLocator(vals))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([str(v) for v in vals])
     ax.set_xlabel("batch size")
     ax.set_ylabel("top Hessian eigenvalue at the best model (log)")
     ax.set_title("Sharpness of the chosen model against batch size")

@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 from bigbatch.config import ConfigError, OneLineArgumentParser, RunConfig, parse_set
 from bigbatch.experiments import TABLE_EXPERIMENTS, load_experiment
+from bigbatch.schema import git_commit
 
 from .runner import SweepError, SweepOptions, ray_session, run_sweep
 from .tracking import TrackingError
@@ -260,16 +261,6 @@ def plan_table(args: argparse.Namespace, env: dict[str, str] | None = None,
 
 
 # ---------------------------------------------------------------------------------------------- running
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def machine() -> str:
     import torch
 
@@ -352,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Table I run ({label} preset)", "",
         f"- command: `python -m sweeps.table1 {' '.join(argv)}`",
-        f"- started: {started}; commit {_git_commit()}",
+        f"- started: {started}; commit {git_commit()}",
         f"- machine: {machine()}",
         f"- data: {plan.data.note if plan.data else 'as the preset (or --smoke-test) says'}",
         f"- RunConfig overrides: `{json.dumps(plan.overrides, sort_keys=True)}`; seeds {plan.seeds}",
