@@ -11,7 +11,8 @@ Each experiment runs through the ordinary sweep runner (``sweeps.runner.run_swee
 ``SweepOptions``) inside one Ray session, all into ``OUT/mlflow.db`` and ``OUT/ray_results``; then the
 report is written by ``python -m analysis.table --paper`` (also as CSV) and ``python -m analysis.report``,
 run as subprocesses (sweeps never import analysis) into ``OUT/report/``. The whole wall time is printed
-and written to ``OUT/report/RUN.md`` with the command, date, commit and machine.
+and written to ``OUT/report/RUN.md`` with the command, date, commit and machine (appended: a table run in
+parts into one ``--out`` keeps one section per part).
 
 Presets (``PRESETS``) fix the dataset, the width, the training images, ``epoch_scale`` (every epoch
 count of the recipe times the same factor: bigbatch.config) and the seeds; nothing in them is CPU-only
@@ -354,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not args.no_report:
         (plan.out / "report").mkdir(parents=True, exist_ok=True)
-        (plan.out / "report" / "RUN.md").write_text("\n".join(lines))
+        # one section per invocation: a table run in parts into one --out keeps every part's command and time
+        run_md = plan.out / "report" / "RUN.md"
+        earlier = run_md.read_text() + "\n" if run_md.exists() else ""
+        run_md.write_text(earlier + "\n".join(lines))
     print(f"whole wall time: {wall:.0f} s ({wall / 60:.1f} min): sweeps {sweep_seconds:.0f} s, report {wall - sweep_seconds:.0f} s; "
           f"report in {plan.out / 'report'}", flush=True)
     worst = max(codes.values(), default=0)
