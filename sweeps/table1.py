@@ -5,10 +5,13 @@
     python -m sweeps.table1 --preset mini --gpus-per-trial 0.25 --set width_mult=1   # the same on a GPU
     python -m sweeps.table1 --preset paper --out runs/paper            # the paper's full setting (CIFAR-10)
     python -m sweeps.table1 --preset demo --experiments exp1 exp6      # `make demo`: a few minutes on 2 CPUs
+    python -m sweeps.table1 --preset mini --experiments exp2 exp4 exp5 optuna --seeds 1   # the rest, same --out
     python -m sweeps.table1 --smoke-test --experiments exp1 exp6       # the machinery only (synthetic)
 
 Each experiment runs through the ordinary sweep runner (``sweeps.runner.run_sweep`` with
-``SweepOptions``) inside one Ray session, all into ``OUT/mlflow.db`` and ``OUT/ray_results``; then the
+``SweepOptions``) inside one Ray session, then (step ``optuna``, last by default) the Optuna search for
+factor_lr at the preset's batch sizes (``sweeps.optuna_factor_lr.run_search``, the paper's eq. 2 against
+what TPE finds), all into ``OUT/mlflow.db`` and ``OUT/ray_results``; then the
 report is written by ``python -m analysis.table --paper`` (also as CSV) and ``python -m analysis.report``,
 run as subprocesses (sweeps never import analysis) into ``OUT/report/``. The whole wall time is printed
 and written to ``OUT/report/RUN.md`` with the command, date, commit and machine (appended: a table run in
@@ -39,6 +42,7 @@ from bigbatch.config import ConfigError, OneLineArgumentParser, RunConfig, parse
 from bigbatch.experiments import TABLE_EXPERIMENTS, load_experiment
 from bigbatch.schema import git_commit
 
+from . import optuna_factor_lr
 from .runner import SweepError, SweepOptions, ray_session, run_sweep
 from .tracking import TrackingError
 
@@ -47,6 +51,8 @@ SHARED_FASHION_MNIST = REPO.parent / "shared" / "data" / "fashion-mnist"  # ../s
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 HEADLINE = ("exp1", "exp3", "exp6")
+OPTUNA = "optuna"  # the step after the rows: sweeps.optuna_factor_lr's search for factor_lr (finding g)
+STEPS = (*TABLE_EXPERIMENTS, OPTUNA)
 
 
 # ---------------------------------------------------------------------------------------------- presets
@@ -59,6 +65,8 @@ class Preset:
     data: str = "none"  # fashion-mnist: find the files (find_fashion_mnist); none: as the overrides say
     synthetic_fallback: bool = False  # fashion-mnist missing and not downloadable: synthetic (demo) instead of an error
     fallback_overrides: dict[str, Any] = field(default_factory=dict)  # then these keys on top
+    optuna_samples: int = 20  # the "optuna" step: Optuna trials per batch size (sweeps.optuna_factor_lr)
+    optuna_batch_sizes: tuple[int, ...] = (256, 512, 1024)  # ... at these batch sizes (--batch-sizes overrides)
 
 
 # The measurements (bigbatch.measure) stay on in every preset, small: the gradient noise scale every
@@ -102,6 +110,10 @@ MINI = Preset(
     },
     seeds=2,
     data="fashion-mnist",
+    # (g): TPE + ASHA over factor_lr in [1, 20] at the smallest, a middle and the largest batch size, 6 trials
+    # each (ASHA stops the poor ones after 1 epoch): about the cost of 9 full runs
+    optuna_samples=6,
+    optuna_batch_sizes=(32, 256, 1024),
 )
 
 # demo (make demo): a few minutes on 2 CPUs for two experiments, the machinery on real data, not the
@@ -188,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="mini", help="mini (default): Fashion-MNIST at laptop scale; "
                    "demo: a few minutes; paper: the paper's full setting")
-    p.add_argument("--experiments", nargs="+", default=list(TABLE_EXPERIMENTS), metavar="EXP",
-                   help=f"rows to run (default all six; the headline rows: {' '.join(HEADLINE)})")
+    p.add_argument("--experiments", nargs="+", default=list(STEPS), metavar="EXP",
+                   help=f"rows to run, in order (default all six, then {OPTUNA}: the Optuna search for factor_lr at the "
+                        f"preset's batch sizes; the headline rows: {' '.join(HEADLINE)})")
     p.add_argument("--seeds", type=int, help="seeds per cell (default: the preset's)")
     p.add_argument("--out", help="directory for mlflow.db, ray_results/ and report/ (default ./runs/table1-<preset>, git-ignored)")
     p.add_argument("--smoke-test", action="store_true", help="the sweeps' smoke settings (synthetic, 2-3 epochs): the machinery only")
@@ -229,14 +242,35 @@ class Plan:
             num_cpus=self.num_cpus, max_concurrent=self.trials_at_once, verbose=0 if args.quiet else 1,
         )
 
+    def optuna_argv(self, args: argparse.Namespace, name: str) -> list[str]:
+        """sweeps.optuna_factor_lr's command line for the optuna step: exp5's factor_lr at the preset's
+        batch sizes (or --batch-sizes), the preset's RunConfig keys, into the same store."""
+        sizes = args.batch_sizes or list(self.preset.optuna_batch_sizes)
+        argv = ["--batch-sizes", *map(str, sizes), "--recipe", args.recipe, "--name", name,
+                "--storage-path", str(self.out / "ray_results"), "--tracking-uri", f"sqlite:///{self.out / 'mlflow.db'}",
+                "--cpus-per-trial", str(float(self.threads_per_trial))]
+        if self.smoke_test:
+            argv.append("--smoke-test")  # its own smoke sample count
+        else:
+            argv += ["--num-samples", str(self.preset.optuna_samples)]
+        if self.overrides:
+            argv += ["--set", *(f"{k}={json.dumps(v)}" for k, v in self.overrides.items())]
+        if self.gpus_per_trial is not None:
+            argv += ["--gpus-per-trial", str(self.gpus_per_trial)]
+        if self.trials_at_once is not None:
+            argv += ["--max-concurrent", str(self.trials_at_once)]
+        if args.quiet:
+            argv.append("--quiet")
+        return argv
+
 
 def plan_table(args: argparse.Namespace, env: dict[str, str] | None = None,
                find: Callable[..., DataChoice] = find_fashion_mnist) -> Plan:
     """Check the options and resolve the preset (data included) into a Plan; ConfigError on bad input."""
     preset = PRESETS[args.preset]
-    bad = [e for e in args.experiments if e not in TABLE_EXPERIMENTS]
+    bad = [e for e in args.experiments if e not in STEPS]
     if bad:
-        raise ConfigError(f"unknown experiment {bad[0]!r}; Table I's rows: {', '.join(TABLE_EXPERIMENTS)}")
+        raise ConfigError(f"unknown experiment {bad[0]!r}; Table I's rows: {', '.join(TABLE_EXPERIMENTS)}, and {OPTUNA}")
     experiments = list(dict.fromkeys(args.experiments))  # once each, in the given order
 
     if args.trials_at_once is not None and args.trials_at_once < 1:
@@ -333,8 +367,13 @@ def main(argv: list[str] | None = None) -> int:
             for exp in plan.experiments:
                 t_exp = time.perf_counter()
                 try:
-                    result = run_sweep(plan.sweep_options(exp, args, f"table1-{label}-{exp}-{stamp}"))
-                    codes[exp] = result.exit_code
+                    if exp == OPTUNA:
+                        search = optuna_factor_lr.build_parser().parse_args(plan.optuna_argv(args, f"table1-{label}-optuna-{stamp}"))
+                        summary = optuna_factor_lr.run_search(search)
+                        codes[exp] = 1 if any(s["errors"] for s in summary.values()) else 0
+                    else:
+                        result = run_sweep(plan.sweep_options(exp, args, f"table1-{label}-{exp}-{stamp}"))
+                        codes[exp] = result.exit_code
                 except (ConfigError, SweepError, TrackingError) as e:
                     print(f"error: {exp}: {e}", file=sys.stderr, flush=True)
                     return 2

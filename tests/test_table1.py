@@ -84,9 +84,11 @@ OFFLINE = DataChoice(None, "none", "no Fashion-MNIST files and the download fail
 
 # argv -> what the plan holds
 OPTION_CASES = [
-    ("defaults-mini-all-six", [], dict(experiments=["exp1", "exp2", "exp3", "exp4", "exp5", "exp6"], seeds=2,
+    ("defaults-mini-all-six", [], dict(experiments=["exp1", "exp2", "exp3", "exp4", "exp5", "exp6", "optuna"], seeds=2,
                                         trials_at_once=2, threads_per_trial=1, num_cpus=2, smoke_test=False)),
     ("headline-rows", ["--experiments", "exp1", "exp3", "exp6"], dict(experiments=["exp1", "exp3", "exp6"])),
+    ("the-rest-in-a-second-part", ["--experiments", "exp2", "exp4", "exp5", "optuna"],
+     dict(experiments=["exp2", "exp4", "exp5", "optuna"])),
     ("duplicates-once", ["--experiments", "exp3", "exp1", "exp3"], dict(experiments=["exp3", "exp1"])),
     ("seeds", ["--seeds", "3"], dict(seeds=3)),
     ("one-trial-two-threads", ["--trials-at-once", "1", "--threads-per-trial", "2"],
@@ -120,6 +122,33 @@ BAD_OPTIONS = [
     (["--set", "epoch_scale=0"], "epoch_scale must be a positive number"),
     (["--set", "widht_mult=1"], "did you mean 'width_mult'"),
 ]
+
+
+# argv -> what sweeps.optuna_factor_lr's own parser reads from the optuna step's command line
+OPTUNA_CASES = [
+    ("mini", [], dict(batch_sizes=[32, 256, 1024], num_samples=6, smoke_test=False, max_concurrent=2, cpus_per_trial=1.0)),
+    ("paper", ["--preset", "paper"], dict(batch_sizes=[256, 512, 1024], num_samples=20, set=[])),
+    ("batch-sizes-given", ["--batch-sizes", "64", "512"], dict(batch_sizes=[64, 512])),
+    ("smoke", ["--smoke-test"], dict(smoke_test=True, num_samples=None, set=[])),
+    ("gpu", ["--gpus-per-trial", "0.5"], dict(gpus_per_trial=0.5, max_concurrent=None)),
+    ("quiet-recipe", ["--quiet", "--recipe", "authors-code"], dict(quiet=True, recipe="authors-code")),
+]
+
+
+@pytest.mark.parametrize("name,argv,expected", OPTUNA_CASES, ids=[c[0] for c in OPTUNA_CASES])
+def test_optuna_step_searches_with_the_presets_settings_into_the_same_store(name, argv, expected, tmp_path):
+    from sweeps import optuna_factor_lr
+
+    args = build_parser().parse_args([*argv, "--out", str(tmp_path)])
+    p = plan_table(args, env={}, find=lambda **kw: DataChoice("/data/fm", "shared", "from /data/fm"))
+    search = optuna_factor_lr.build_parser().parse_args(p.optuna_argv(args, "table1-x-optuna"))
+    for key, value in expected.items():
+        assert getattr(search, key) == value, (key, getattr(search, key))
+    assert search.experiment == "exp5" and search.name == "table1-x-optuna"
+    assert search.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}" and search.storage_path == str(tmp_path / "ray_results")
+    if name == "mini":  # every key of the preset (and the data found), as the rows get them
+        from bigbatch.config import parse_set
+        assert parse_set(search.set) == p.overrides and parse_set(search.set)["lr"] == MINI.overrides["lr"]
 
 
 @pytest.mark.parametrize("argv,fragment", BAD_OPTIONS)
@@ -171,16 +200,22 @@ def test_smoke_run_of_two_experiments_ends_with_the_report(tmp_path):
     out = tmp_path / "t1"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "sweeps.table1", "--smoke-test", "--experiments", "exp1", "exp6",
-                        "--batch-sizes", "32", "1024", "--out", str(out), "--quiet"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "whole wall time:" in r.stdout
+    # in two parts into one --out, as a table too long for one sitting is run; the second ends with the
+    # Optuna step at one batch size
+    for part in (["exp1", "--batch-sizes", "32", "1024"], ["exp6", "optuna", "--batch-sizes", "1024"]):
+        r = subprocess.run([sys.executable, "-m", "sweeps.table1", "--smoke-test", "--experiments", *part,
+                            "--out", str(out), "--quiet"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "whole wall time:" in r.stdout
     assert (out / "mlflow.db").is_file() and (out / "ray_results").is_dir()
     for name in ("report.md", "report.html", "table.md", "table.csv", "RUN.md"):
         assert (out / "report" / name).is_file() and (out / "report" / name).stat().st_size > 0, name
     table = (out / "report" / "table.md").read_text()
     assert table.startswith("Table I on synthetic (smoke preset") and "Baseline" in table
     run_md = (out / "report" / "RUN.md").read_text()
-    assert "--smoke-test" in run_md and "whole wall time" in run_md
+    assert run_md.count("--smoke-test") == 2 and run_md.count("whole wall time") == 2  # one section per part
+    assert "- exp1:" in run_md and "- exp6:" in run_md and "- optuna:" in run_md
+    report = (out / "report" / "report.md").read_text()
+    assert "## Optuna search over the CyclicLR factor" in report  # the search's trials reached the report
     print(f"table1 smoke wall time: {time.time() - t0:.1f} s")
