@@ -9,6 +9,7 @@ The layout these names describe is in docs/architecture.md ("MLflow schema").
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from pathlib import Path
@@ -111,8 +112,15 @@ def default_tracking_uri(cwd: str | Path | None = None) -> str:
 
 
 def git_commit(repo: str | Path | None = None) -> str:
-    """The commit of the code that runs (``-dirty`` with uncommitted changes); ``unknown`` outside git."""
-    repo = repo or Path(__file__).resolve().parent.parent
+    """The commit of the code that runs (``-dirty`` with uncommitted changes); ``unknown`` outside git.
+
+    Read once per process (and repository): a table run of an hour keeps the commit it started with,
+    however HEAD moves meanwhile, since that is the code it imported."""
+    return _git_commit(str(Path(repo or Path(__file__).resolve().parent.parent).resolve()))
+
+
+@functools.lru_cache(maxsize=None)
+def _git_commit(repo: str) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         commit = out.stdout.strip()

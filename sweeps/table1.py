@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    commit = git_commit()  # the code the runs start with (HEAD may move while a long table runs)
     try:
         plan = plan_table(args)
     except ConfigError as e:
@@ -391,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Table I run ({label} preset)", "",
         f"- command: `python -m sweeps.table1 {' '.join(argv)}`",
-        f"- started: {started}; commit {git_commit()}",
+        f"- started: {started}; commit {commit}",
         f"- machine: {machine()}",
         f"- data: {plan.data.note if plan.data else 'as the preset (or --smoke-test) says'}",
         f"- RunConfig overrides: `{json.dumps(plan.overrides, sort_keys=True)}`; seeds {plan.seeds}",

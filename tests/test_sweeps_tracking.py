@@ -116,3 +116,25 @@ def test_diverged_run_is_a_result(sweep, tmp_path):
     run = logger.client.get_run(logger.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["bigbatch.status"] == "diverged"
     assert run.data.tags["bigbatch.diverged_epoch"] == "2" and run.data.metrics["test_acc"] == 10.0
+
+
+def test_git_commit_is_the_one_the_process_started_with(tmp_path):
+    """A table run of an hour records the commit of the code it imported, not HEAD at its end."""
+    import subprocess
+
+    from bigbatch.schema import git_commit
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "f").write_text("1")
+    git("add", "f")
+    git("commit", "-qm", "one")
+    first = git("rev-parse", "HEAD")
+    assert git_commit(tmp_path) == first
+    (tmp_path / "f").write_text("2")
+    git("commit", "-qam", "two")
+    assert git("rev-parse", "HEAD") != first and git_commit(tmp_path) == first
+    assert git_commit(tmp_path / "no-such-repo") == "unknown"
