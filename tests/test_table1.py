@@ -214,7 +214,8 @@ def test_smoke_run_of_two_experiments_ends_with_the_report(tmp_path):
     table = (out / "report" / "table.md").read_text()
     assert table.startswith("Table I on synthetic (smoke preset") and "Baseline" in table
     run_md = (out / "report" / "RUN.md").read_text()
-    assert run_md.count("--smoke-test") == 2 and run_md.count("whole wall time") == 2  # one section per part
+    assert run_md.count("- command: `python -m sweeps.table1 --smoke-test") == 2  # one section per part
+    assert run_md.count("# Table I run") == 2 and run_md.count("whole wall time") == 2
     assert "- exp1:" in run_md and "- exp6:" in run_md and "- optuna:" in run_md
     report = (out / "report" / "report.md").read_text()
     assert "## Optuna search over the CyclicLR factor" in report  # the search's trials reached the report
