@@ -90,3 +90,16 @@ def test_checkpoint_cost_a_non_improving_epoch_writes_less(tmp_path):
         improved, plain = figures[momentum]["improved"], figures[momentum]["not improved"]
         # without a new best, last.pt leaves the best weights out and best_model.pt is not rewritten
         assert plain["bytes_written"] < 0.7 * improved["bytes_written"]
+
+
+def test_lr_limit_marks_the_linearly_scaled_lr_and_prints_every_cell(tmp_path):
+    out = tmp_path / "lr_limit.json"
+    # synthetic images, one epoch of 4 steps per run: the two-process pool, the table and the JSON, not the figures
+    text = run("lr_limit.py", "--batch-sizes", "64", "--lrs", "0.05", "0.2", "--json", str(out), "--set",
+               "dataset=synthetic", "train_subset=256", "val_size=64", "epoch_scale=0.1", "epochs=10",
+               "width_mult=0.0625", "eval_batch_size=64", timeout=300)
+    assert "| 64 | 0.2 (eq. 1) |" in text and "| 64 | 0.05 |" in text  # mini base lr 0.1 x 64/32 = 0.2
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted(r["lr"] for r in runs) == [0.05, 0.2]
+    assert all(r["status"] == "completed" and r["steps"] == 4 for r in runs)
+    assert [r["base_lr"] for r in sorted(runs, key=lambda r: r["lr"])] == pytest.approx([0.025, 0.1])
