@@ -20,6 +20,11 @@
   objects the thread is using (``terminate called without an active exception``: a joinable
   ``std::thread`` destroyed, then SIGABRT and "Fatal Python error: Aborted"). ``make_trainable``'s
   class waits for the thread (``cleanup`` joins it) before the actor may exit or be reused.
+- An actor Ray ends with SIGTERM exits quietly: Ray's handler raises ``SystemExit`` wherever the main
+  thread is, and when that is inside a garbage-collector or weakref callback Python cannot raise it, so it
+  prints "Exception ignored in ... Traceback ... SystemExit: 1" and the process lives on until killed.
+  ``exit_on_unraisable_system_exit`` (installed in every trial process) exits there instead, with the
+  code Ray asked for; any other unraisable exception is printed as before.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any, Callable
 
@@ -58,6 +64,22 @@ def device_name(device: str) -> str:
     import platform
 
     return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def exit_on_unraisable_system_exit(unraisable: Any) -> None:
+    """``sys.unraisablehook`` of a trial process: a ``SystemExit`` that could not be raised (Ray's SIGTERM
+    handler firing inside a GC or weakref callback) ends the process with its code, without a traceback;
+    anything else goes to Python's default hook."""
+    exc = unraisable.exc_value
+    if isinstance(exc, SystemExit):
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a closed stream: nothing left to flush
+                pass
+        os._exit(code)
+    sys.__unraisablehook__(unraisable)
 
 
 def _tune_value(v: Any) -> bool:
@@ -102,6 +124,7 @@ def run_trial(context: SweepContext, params: dict[str, Any], train_fn: Callable[
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ... at http://...", once per trial
 
+    sys.unraisablehook = exit_on_unraisable_system_exit  # Ray's SIGTERM ends the actor quietly (module doc)
     ctx = tune.get_context()
     cpus = float(ctx.get_trial_resources().required_resources.get("CPU", 1.0))
     torch.set_num_threads(max(1, int(cpus)))

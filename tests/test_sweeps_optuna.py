@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from test_sweeps_e2e import trial_runs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,3 +74,36 @@ def test_optuna_smoke_search_persists_and_continues(tmp_path):
     assert "batch size 64: 2 trials already in study opt-bs64, running 1 more" in r.stdout
     study = optuna.load_study(study_name="opt-bs64", storage=storage)
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+
+
+# Ray's SIGTERM handler raises SystemExit wherever the actor's main thread is; inside a weakref callback Python
+# cannot raise it and prints "Exception ignored ... SystemExit: 1" (seen once in the smoke search above).
+SIGTERM_IN_A_CALLBACK = """
+import sys, weakref
+{install}
+class A: pass
+def callback(_ref):
+    raise SystemExit(3)  # what ray._private.worker's sigterm_handler raises, here at the worst moment
+a = A(); r = weakref.ref(a, callback)
+del a
+print("still alive")
+"""
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+def test_a_system_exit_python_cannot_raise_ends_a_trial_process_quietly(hooked):
+    install = "from sweeps.trainable import exit_on_unraisable_system_exit as h; sys.unraisablehook = h" if hooked else ""
+    r = subprocess.run([sys.executable, "-c", SIGTERM_IN_A_CALLBACK.format(install=install)], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    if hooked:  # exits at once with the code asked for, no traceback
+        assert (r.returncode, r.stdout, r.stderr) == (3, "", "")
+    else:  # Python's default: the exit is lost, a traceback is printed (why the hook exists)
+        assert r.returncode == 0 and "still alive" in r.stdout and "Exception ignored" in r.stderr
+
+
+def test_other_unraisable_exceptions_still_print():
+    code = SIGTERM_IN_A_CALLBACK.format(
+        install="from sweeps.trainable import exit_on_unraisable_system_exit as h; sys.unraisablehook = h"
+    ).replace("raise SystemExit(3)", "raise ValueError('boom')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "still alive" in r.stdout and "ValueError: boom" in r.stderr
