@@ -7,9 +7,12 @@ optimizer steps are too few whatever the lr. This script separates them: it trai
 mini preset's settings, ``sweeps.table1.MINI``) at a grid of peak learning rates around the linearly
 scaled one, and prints per (batch size, lr) the test accuracy of the best-validation model and the last
 epoch's training loss, mean ± std over seeds. The rows marked "eq. 1" are the table's own setting.
+``--epoch-scales`` adds the step budget as a second axis (the preset's ``epoch_scale`` is 0.1, 10 epochs):
+if more steps rescue eq. 1's lr, the steps were the limit; if only a smaller lr does, the lr was.
 
     python bench/lr_limit.py --json bench/results/lr_limit_cpu.json        # exp3 at 512 and 1024, 1 seed
     python bench/lr_limit.py --batch-sizes 1024 --lrs 0.4 0.8 --seeds 2
+    python bench/lr_limit.py --batch-sizes 1024 --lrs 0.8 1.6 3.2 --epoch-scales 0.1 0.2 0.4   # x 1, 2, 4 steps
 
 Runs ``--jobs`` processes at once with ``--threads`` torch threads each (default 2 x 1, the mini preset's
 packing). No Ray, no MLflow: nothing is written to a table's store, so no Table I cell can choose among
@@ -47,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[512, 1024], help="default 512 1024")
     p.add_argument("--lrs", type=float, nargs="+", default=[0.2, 0.4, 0.8, 1.6, 3.2],
                    help="learning rates at the batch size (after eq. 1); default 0.2 0.4 0.8 1.6 3.2")
+    p.add_argument("--epoch-scales", type=float, nargs="+", metavar="SCALE",
+                   help="epoch_scale values to train each cell at (more epochs = more steps); default: the preset's 0.1")
     p.add_argument("--seeds", type=int, default=1, help="seeds per cell: 0..N-1 (default 1)")
     p.add_argument("--data-dir", default=DEFAULT_DATA,
                    help="Fashion-MNIST files (default $BIGBATCH_DATA_DIR, else ../shared/data/fashion-mnist)")
@@ -68,7 +73,7 @@ def run_one(job: dict) -> dict:
     t0 = time.perf_counter()
     s = train(cfg)
     last = s["history"][-1] if s["history"] else {}
-    return {**{k: job[k] for k in ("batch_size", "lr", "seed")}, "base_lr": cfg.lr, "status": s["status"],
+    return {**{k: job[k] for k in ("batch_size", "lr", "seed")}, "epoch_scale": cfg.epoch_scale, "base_lr": cfg.lr, "status": s["status"],
             "test_acc": s["test_acc"], "best_val_acc": s["best_val_acc"], "best_epoch": s["best_epoch"],
             "final_train_loss": last.get("train_loss"), "steps": s["steps_per_epoch"] * s["epochs_run"],
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -84,18 +89,19 @@ def mean_std(xs: list[float], digits: int = 2) -> str:
 
 
 def summarise(runs: list[dict], eq1: dict[int, float]) -> list[str]:
-    """Markdown rows per (batch size, lr), the linearly scaled lr of the table marked."""
-    lines = ["| batch size | lr | test acc % | best val acc % | final train loss | diverged | s/run |",
-             "|---:|---:|---|---|---|---:|---:|"]
-    for bs in sorted({r["batch_size"] for r in runs}):
-        for lr in sorted({r["lr"] for r in runs if r["batch_size"] == bs}):
-            rs = [r for r in runs if r["batch_size"] == bs and r["lr"] == lr]
-            mark = " (eq. 1)" if abs(lr - eq1.get(bs, -1)) < 1e-9 * max(lr, 1) else ""
-            lines.append(f"| {bs} | {lr:g}{mark} | {mean_std([r['test_acc'] for r in rs])} "
-                         f"| {mean_std([r['best_val_acc'] for r in rs])} "
-                         f"| {mean_std([r['final_train_loss'] for r in rs], 3)} "
-                         f"| {sum(r['status'] == 'diverged' for r in rs)}/{len(rs)} "
-                         f"| {statistics.mean(r['seconds'] for r in rs):.0f} |")
+    """Markdown rows per (batch size, step budget, lr), the linearly scaled lr of the table marked."""
+    lines = ["| batch size | steps | lr | test acc % | best val acc % | final train loss | diverged | s/run |",
+             "|---:|---:|---:|---|---|---|---:|---:|"]
+    cells = sorted({(r["batch_size"], r.get("epoch_scale", 0.0), r["lr"]) for r in runs})
+    for bs, scale, lr in cells:
+        rs = [r for r in runs if (r["batch_size"], r.get("epoch_scale", 0.0), r["lr"]) == (bs, scale, lr)]
+        mark = " (eq. 1)" if abs(lr - eq1.get(bs, -1)) < 1e-9 * max(lr, 1) else ""
+        steps = "/".join(str(n) for n in sorted({r["steps"] for r in rs}))  # runs stopped early would differ
+        lines.append(f"| {bs} | {steps} | {lr:g}{mark} | {mean_std([r['test_acc'] for r in rs])} "
+                     f"| {mean_std([r['best_val_acc'] for r in rs])} "
+                     f"| {mean_std([r['final_train_loss'] for r in rs], 3)} "
+                     f"| {sum(r['status'] == 'diverged' for r in rs)}/{len(rs)} "
+                     f"| {statistics.mean(r['seconds'] for r in rs):.0f} |")
     return lines
 
 
@@ -114,11 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bench/lr_limit.py  {describe_machine(info)}", flush=True)
     common_overrides = {**MINI.overrides, "data_dir": args.data_dir, "download": False, "device": str(device),
                         "gns_every": 10**6, "sharpness_images": 0, **parse_set(args.set)}
+    if args.epoch_scales and "epoch_scale" in parse_set(args.set):
+        raise SystemExit("lr_limit.py: give the step budget either as --epoch-scales or as --set epoch_scale=..., not both")
+    scales = args.epoch_scales or [common_overrides["epoch_scale"]]
     base_bs = load_experiment(args.experiment).run_config(32, **common_overrides).base_batch_size
     jobs = [{"experiment": args.experiment, "batch_size": bs, "lr": lr, "seed": seed, "threads": args.threads,
-             "overrides": {**common_overrides, "seed": seed, "lr": lr * base_bs / bs}}
-            for bs in args.batch_sizes for lr in args.lrs for seed in range(args.seeds)]
-    load_experiment(args.experiment).run_config(args.batch_sizes[0], **jobs[0]["overrides"])  # fail fast on bad input
+             "overrides": {**common_overrides, "seed": seed, "lr": lr * base_bs / bs, "epoch_scale": scale}}
+            for bs in args.batch_sizes for scale in scales for lr in args.lrs for seed in range(args.seeds)]
+    for job in jobs:  # fail fast on bad input, before any process starts
+        load_experiment(args.experiment).run_config(job["batch_size"], **job["overrides"])
     t0 = time.perf_counter()
     runs = []
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
@@ -126,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(row)
             print(json.dumps(row), flush=True)
     wall = time.perf_counter() - t0
-    print(f"# {args.experiment} (text recipe), the mini preset's settings ({MINI.about}); lr = the rate used at the "
+    changed = f"; changed: {' '.join(args.set)}" if args.set else ""
+    scaled = f"; epoch_scale {' '.join(f'{x:g}' for x in scales)}" if args.epoch_scales else ""
+    print(f"# {args.experiment} (text recipe), the mini preset's settings ({MINI.about}{changed}{scaled}); lr = the rate used at the "
           f"batch size; test accuracy of the best-validation model; mean ± std over seeds 0..{args.seeds - 1}; "
           f"{len(jobs)} runs in {wall / 60:.1f} min, {args.jobs} at once x {args.threads} thread(s)", flush=True)
     print("\n".join(summarise(runs, eq1)), flush=True)

@@ -94,12 +94,24 @@ def test_checkpoint_cost_a_non_improving_epoch_writes_less(tmp_path):
 
 def test_lr_limit_marks_the_linearly_scaled_lr_and_prints_every_cell(tmp_path):
     out = tmp_path / "lr_limit.json"
-    # synthetic images, one epoch of 4 steps per run: the two-process pool, the table and the JSON, not the figures
-    text = run("lr_limit.py", "--batch-sizes", "64", "--lrs", "0.05", "0.2", "--json", str(out), "--set",
-               "dataset=synthetic", "train_subset=256", "val_size=64", "epoch_scale=0.1", "epochs=10",
+    # synthetic images, 1 and 2 epochs of 4 steps per run (epochs 10 x epoch_scale 0.1 and 0.2): the two-process
+    # pool, the table and the JSON, not the figures
+    text = run("lr_limit.py", "--batch-sizes", "64", "--lrs", "0.05", "0.2", "--epoch-scales", "0.1", "0.2",
+               "--json", str(out), "--set", "dataset=synthetic", "train_subset=256", "val_size=64", "epochs=10",
                "width_mult=0.0625", "eval_batch_size=64", timeout=300)
-    assert "| 64 | 0.2 (eq. 1) |" in text and "| 64 | 0.05 |" in text  # mini base lr 0.1 x 64/32 = 0.2
+    for steps in (4, 8):  # mini base lr 0.1 x 64/32 = 0.2 is eq. 1's
+        assert f"| 64 | {steps} | 0.2 (eq. 1) |" in text and f"| 64 | {steps} | 0.05 |" in text
     runs = json.loads(out.read_text())["runs"]
-    assert sorted(r["lr"] for r in runs) == [0.05, 0.2]
-    assert all(r["status"] == "completed" and r["steps"] == 4 for r in runs)
-    assert [r["base_lr"] for r in sorted(runs, key=lambda r: r["lr"])] == pytest.approx([0.025, 0.1])
+    assert sorted((r["epoch_scale"], r["lr"]) for r in runs) == [(0.1, 0.05), (0.1, 0.2), (0.2, 0.05), (0.2, 0.2)]
+    assert all(r["status"] == "completed" and r["steps"] == round(40 * r["epoch_scale"]) for r in runs)
+    assert sorted({r["base_lr"] for r in runs}) == pytest.approx([0.025, 0.1])
+    # the saved JSON prints the same table again
+    again = run("lr_limit.py", "--table-from", str(out))
+    assert again.strip() in text
+
+
+def test_lr_limit_refuses_two_step_budgets():
+    proc = subprocess.run([sys.executable, str(BENCH / "lr_limit.py"), "--epoch-scales", "0.2", "--set", "epoch_scale=0.4"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "not both" in proc.stderr
+    assert "Traceback" not in proc.stderr
