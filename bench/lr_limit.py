@@ -6,18 +6,20 @@ linearly scaled lr (base 0.1 x bs/32 = 1.6 and 3.2) is past the largest stable l
 optimizer steps are too few whatever the lr. This script separates them: it trains the same cells (the
 mini preset's settings, ``sweeps.table1.MINI``) at a grid of peak learning rates around the linearly
 scaled one, and prints per (batch size, lr) the test accuracy of the best-validation model and the last
-epoch's training loss, mean ± std over seeds. The rows marked "eq. 1" are the table's own setting.
+epoch's training loss, mean ± std over seeds. The rows marked "eq. 1" are the table's own setting (marked
+"preset" for an experiment that does not scale its lr, such as exp1).
 ``--epoch-scales`` adds the step budget as a second axis (the preset's ``epoch_scale`` is 0.1, 10 epochs):
 if more steps rescue eq. 1's lr, the steps were the limit; if only a smaller lr does, the lr was.
 
     python bench/lr_limit.py --json bench/results/lr_limit_cpu.json        # exp3 at 512 and 1024, 1 seed
     python bench/lr_limit.py --batch-sizes 1024 --lrs 0.4 0.8 --seeds 2
     python bench/lr_limit.py --batch-sizes 1024 --lrs 0.8 1.6 3.2 --epoch-scales 0.1 0.2 0.4   # x 1, 2, 4 steps
+    python bench/lr_limit.py --experiment exp1 --batch-sizes 32 --lrs 0.01 0.03 0.1 --epoch-scales 1  # the lr grid, 100 epochs
 
 Runs ``--jobs`` processes at once with ``--threads`` torch threads each (default 2 x 1, the mini preset's
 packing). No Ray, no MLflow: nothing is written to a table's store, so no Table I cell can choose among
-these learning rates. Every lr is the one used at that batch size (the recipe's base lr is set to
-lr x 32 / bs so that eq. 1 gives it back); the experiment's schedule shape is unchanged.
+these learning rates. Every lr is the one used at that batch size (the recipe's base lr is set so that the
+experiment's own scaling, eq. 1, sqrt or none, gives it back); the experiment's schedule shape is unchanged.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     exp = load_experiment(job["experiment"])
     cfg = exp.run_config(job["batch_size"], **job["overrides"])
+    assert abs(cfg.scaled_lr - job["lr"]) <= 1e-9 * job["lr"], (cfg.scaled_lr, job["lr"])  # the lr the run uses
     t0 = time.perf_counter()
     s = train(cfg)
     last = s["history"][-1] if s["history"] else {}
@@ -88,14 +91,38 @@ def mean_std(xs: list[float], digits: int = 2) -> str:
     return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
 
 
-def summarise(runs: list[dict], eq1: dict[int, float]) -> list[str]:
-    """Markdown rows per (batch size, step budget, lr), the linearly scaled lr of the table marked."""
+LABELS = {"linear": "eq. 1", "sqrt": "sqrt scaling", "none": "preset"}  # how the preset's own lr is marked
+
+
+def plan(experiment: str, batch_sizes: list[int], lrs: list[float], scales: list[float], seeds: int, threads: int,
+         overrides: dict) -> tuple[list[dict], dict[int, float], str]:
+    """The jobs (one per batch size x step budget x lr x seed), the preset's lr per batch size, and its label.
+
+    ``lr`` is the rate the run uses at its batch size: the recipe's base lr is set so that the experiment's own
+    scaling (eq. 1, sqrt, or none) gives it back."""
+    exp = load_experiment(experiment)
+    preset = {bs: exp.run_config(bs, **overrides).scaled_lr for bs in batch_sizes}
+    jobs = []
+    for bs in batch_sizes:
+        ratio = exp.run_config(bs, **{**overrides, "lr": 1.0}).scaled_lr  # lr used / base lr at this batch size
+        for scale in scales:
+            for lr in lrs:
+                for seed in range(seeds):
+                    o = {**overrides, "seed": seed, "lr": lr / ratio, "epoch_scale": scale}
+                    exp.run_config(bs, **o)  # fail fast on bad input, before any process starts
+                    jobs.append({"experiment": experiment, "batch_size": bs, "lr": lr, "seed": seed,
+                                 "threads": threads, "overrides": o})
+    return jobs, preset, LABELS[exp.run_config(batch_sizes[0], **overrides).lr_scaling]
+
+
+def summarise(runs: list[dict], eq1: dict[int, float], label: str = "eq. 1") -> list[str]:
+    """Markdown rows per (batch size, step budget, lr), the preset's own lr (eq. 1's for exp3) marked."""
     lines = ["| batch size | steps | lr | test acc % | best val acc % | final train loss | diverged | s/run |",
              "|---:|---:|---:|---|---|---|---:|---:|"]
     cells = sorted({(r["batch_size"], r.get("epoch_scale", 0.0), r["lr"]) for r in runs})
     for bs, scale, lr in cells:
         rs = [r for r in runs if (r["batch_size"], r.get("epoch_scale", 0.0), r["lr"]) == (bs, scale, lr)]
-        mark = " (eq. 1)" if abs(lr - eq1.get(bs, -1)) < 1e-9 * max(lr, 1) else ""
+        mark = f" ({label})" if abs(lr - eq1.get(bs, -1)) < 1e-9 * max(lr, 1) else ""
         steps = "/".join(str(n) for n in sorted({r["steps"] for r in rs}))  # runs stopped early would differ
         lines.append(f"| {bs} | {steps} | {lr:g}{mark} | {mean_std([r['test_acc'] for r in rs])} "
                      f"| {mean_std([r['best_val_acc'] for r in rs])} "
@@ -109,11 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     from bigbatch.config import parse_set
 
     args = build_parser().parse_args(argv)
-    base_lr = MINI.overrides["lr"]
-    eq1 = {bs: base_lr * bs / 32 for bs in args.batch_sizes}
     if args.table_from:
         saved = json.loads(Path(args.table_from).read_text())
-        print("\n".join(summarise(saved["runs"], {int(k): v for k, v in saved["eq1"].items()})))
+        eq1 = {int(k): v for k, v in saved["eq1"].items()}
+        print("\n".join(summarise(saved["runs"], eq1, saved.get("label", "eq. 1"))))
         return 0
     device = pick_device(args.device)
     info = machine_info(device)
@@ -123,12 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.epoch_scales and "epoch_scale" in parse_set(args.set):
         raise SystemExit("lr_limit.py: give the step budget either as --epoch-scales or as --set epoch_scale=..., not both")
     scales = args.epoch_scales or [common_overrides["epoch_scale"]]
-    base_bs = load_experiment(args.experiment).run_config(32, **common_overrides).base_batch_size
-    jobs = [{"experiment": args.experiment, "batch_size": bs, "lr": lr, "seed": seed, "threads": args.threads,
-             "overrides": {**common_overrides, "seed": seed, "lr": lr * base_bs / bs, "epoch_scale": scale}}
-            for bs in args.batch_sizes for scale in scales for lr in args.lrs for seed in range(args.seeds)]
-    for job in jobs:  # fail fast on bad input, before any process starts
-        load_experiment(args.experiment).run_config(job["batch_size"], **job["overrides"])
+    jobs, eq1, label = plan(args.experiment, args.batch_sizes, args.lrs, scales, args.seeds, args.threads,
+                            common_overrides)
     t0 = time.perf_counter()
     runs = []
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
@@ -141,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {args.experiment} (text recipe), the mini preset's settings ({MINI.about}{changed}{scaled}); lr = the rate used at the "
           f"batch size; test accuracy of the best-validation model; mean ± std over seeds 0..{args.seeds - 1}; "
           f"{len(jobs)} runs in {wall / 60:.1f} min, {args.jobs} at once x {args.threads} thread(s)", flush=True)
-    print("\n".join(summarise(runs, eq1)), flush=True)
+    print("\n".join(summarise(runs, eq1, label)), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "eq1": eq1, "runs": runs,
+        Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "eq1": eq1, "label": label, "runs": runs,
                                                "wall_seconds": round(wall, 1)}, indent=2) + "\n")
     return 0
 

@@ -115,3 +115,17 @@ def test_lr_limit_refuses_two_step_budgets():
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "not both" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_lr_limit_plans_the_lr_each_experiment_uses_at_its_batch_size():
+    lr_limit = load("lr_limit.py")
+    from sweeps.table1 import MINI
+
+    overrides = {**MINI.overrides, "dataset": "synthetic"}
+    # exp3 scales linearly (eq. 1): lr 0.8 at bs 1024 is a base lr of 0.025; exp1 does not scale: the base is the lr
+    for experiment, bs, base, preset, label in (("exp3", 1024, 0.025, 3.2, "eq. 1"), ("exp1", 64, 0.8, 0.1, "preset")):
+        jobs, preset_lr, mark = lr_limit.plan(experiment, [bs], [0.8], [0.1, 0.4], 2, 1, overrides)
+        assert len(jobs) == 4 and {j["lr"] for j in jobs} == {0.8} and mark == label
+        assert [j["overrides"]["lr"] for j in jobs] == pytest.approx([base] * 4)
+        assert sorted({j["overrides"]["epoch_scale"] for j in jobs}) == [0.1, 0.4]
+        assert preset_lr == pytest.approx({bs: preset})
