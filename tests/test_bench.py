@@ -92,6 +92,18 @@ def test_checkpoint_cost_a_non_improving_epoch_writes_less(tmp_path):
         assert plain["bytes_written"] < 0.7 * improved["bytes_written"]
 
 
+def test_norm_cost_times_each_variant_in_each_format(tmp_path):
+    """In-process: the composite baseline is checked equal to bigbatch's ghost norm before timing."""
+    out = tmp_path / "norm.json"
+    assert load("norm_cost.py").main(["--batch-sizes", "64", "--images", "64", "--repeats", "2",
+                                      "--json", str(out), *TINY]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch_size"], r["format"]) for r in rows] == [(64, "nchw"), (64, "channels_last")]
+    for r in rows:
+        assert set(r["img_per_s"]) == {"none", "ghost", "ghost-composite"}
+        assert all(len(v) == 2 and min(v) > 0 for v in r["repeats"].values())
+
+
 def test_lr_limit_marks_the_linearly_scaled_lr_and_prints_every_cell(tmp_path):
     out = tmp_path / "lr_limit.json"
     # synthetic images, 1 and 2 epochs of 4 steps per run (epochs 10 x epoch_scale 0.1 and 0.2): the two-process

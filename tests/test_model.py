@@ -118,6 +118,26 @@ def test_matches_per_group_reference_loop(n, groups):
     torch.testing.assert_close(g.running_var, 0.7 + 0.3 * uvar, rtol=1e-12, atol=1e-12)
 
 
+def test_a_group_of_one_value_per_channel_gives_its_bias_and_variance_zero():
+    """1x1 maps and groups of one sample (9 in 8 groups: one pair, then 7 singles): a single value is
+    its own mean, so it normalises to 0 and the output is the bias; its unbiased variance is undefined
+    and counts as 0 (the docstring's rule). The pair is normalised as usual."""
+    g, _ = _pair(3, 8, momentum=0.5)
+    x = torch.randn(9, 3, 1, 1, dtype=torch.float64, requires_grad=True)
+    y = g(x)
+    torch.testing.assert_close(y[2:], g.bias.detach().view(1, 3, 1, 1).expand(7, 3, 1, 1))
+    pair = x.detach()[:2]
+    xhat = (pair - pair.mean(0)) / (pair.var(0, unbiased=False) + g.eps).sqrt()
+    torch.testing.assert_close(y[:2], xhat * g.weight.detach().view(1, 3, 1, 1) + g.bias.detach().view(1, 3, 1, 1))
+    y[2:].sum().backward()
+    assert torch.equal(x.grad[2:], torch.zeros(7, 3, 1, 1, dtype=torch.float64))
+    torch.testing.assert_close(g.bias.grad, torch.full((3,), 7.0, dtype=torch.float64))
+    mean = x.detach().view(9, 3).mean(0)  # groups weighted by size: the plain mean over samples
+    uvar = pair.view(2, 3).var(0, unbiased=True) * (2 / 9)  # the singles add 0
+    torch.testing.assert_close(g.running_mean, 0.5 * mean)
+    torch.testing.assert_close(g.running_var, 0.5 + 0.5 * uvar)
+
+
 def test_running_stats_with_equal_groups_are_the_plain_mean_over_groups():
     torch.manual_seed(3)
     g, _ = _pair(3, 3, momentum=1.0)  # momentum 1: running stats = this batch's statistic
@@ -224,13 +244,13 @@ def test_forward_is_vectorised_over_groups():
     several nodes per group). Groups of two sizes (a batch the groups do not divide): one extra,
     constant-size branch."""
     counts = {}
-    for groups in (2, 64):
-        for n in (128, 129):  # equal groups; then one or three larger groups first
+    for groups in (4, 64):
+        for n in (128, 130):  # equal groups; then two larger groups first (4: 2 x 33 + 2 x 32; 64: 2 x 3 + 62 x 2)
             x = torch.randn(n, 4, 2, 2, requires_grad=True)
             counts[groups, n] = _autograd_nodes(GhostBatchNorm2d(4, groups)(x).sum())
-    assert counts[2, 128] == counts[64, 128]
-    assert counts[2, 129] == counts[64, 129]
-    assert counts[2, 129] < 2 * counts[2, 128] + 4
+    assert counts[4, 128] == counts[64, 128]
+    assert counts[4, 130] == counts[64, 130]
+    assert counts[4, 130] < 2 * counts[4, 128] + 4
 
 
 def test_bf16_autocast_keeps_statistics_in_float32():
