@@ -4,7 +4,7 @@ One run, same model (bigbatch.model.build_model of the same RunConfig), same ima
 
 - **bigbatch**: ``bigbatch.train.setup`` / ``train_epoch`` / ``evaluate`` as they are: the dataset
   resident on the device as uint8, each batch gathered + normalised + augmented (one affine warp) on
-  the device, fp32 (``--precision bf16``: bf16 autocast) and channels_last on CUDA, no host
+  the device, fp32 (``--precision bf16``: bf16 autocast) and channels_last, no host
   synchronisation per step.
 - **baseline**: what a tutorial does: a ``torch.utils.data.Dataset`` of PIL images with CPU
   transforms (RandomHorizontalFlip, RandomRotation(15), RandomAffine(translate=0.1), ToTensor,

@@ -97,12 +97,10 @@ class DeviceDataset:
     def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The images and labels at ``idx`` (an index tensor on the device), normalised float32.
 
-        On CUDA the images come back in channels_last memory format.
+        The images come back in channels_last memory format, the model's (bigbatch.train.setup).
         """
         x = torch.addcmul(self._shift, self.x[idx].float(), self._scale)
-        if x.is_cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.y[idx]
+        return x.contiguous(memory_format=torch.channels_last), self.y[idx]
 
 
 @dataclass
@@ -463,9 +461,7 @@ class Augmenter:
         rows = torch.arange(h, device=x.device) - ty[:, None]
         inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
         out = out.masked_fill(~inside[:, None], 0.0)
-        if x.is_cuda:
-            out = out.contiguous(memory_format=torch.channels_last)
-        return out
+        return out.contiguous(memory_format=torch.channels_last)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Augment a normalised batch (N, C, H, W); returns ``x`` itself when nothing can change."""

@@ -11,7 +11,7 @@ Design (see docs/architecture.md):
 - no host synchronisation inside the step loop: losses and accuracies accumulate on the device and
   are read once per epoch, where divergence (a non-finite loss) is also detected;
 - fp32, as the authors trained (``precision: bf16`` turns on bf16 autocast, on any device); channels_last
-  on CUDA;
+  on every device;
 - with a checkpoint directory, every `checkpoint_every` epochs the full state (model, optimizer,
   step, every RNG, best model, history) is written atomically *before* `report` is called, and a
   run started on a directory holding a checkpoint resumes from it bit-exactly (on CPU).
@@ -117,9 +117,9 @@ def setup(cfg: RunConfig, device: torch.device | None = None, data: DataSplits |
     full_batches = n // cfg.batch_size  # the cyclic half-period counts these (authors' code: 12 * (40000 // bs))
     steps_per_epoch = full_batches if cfg.drop_last else math.ceil(n / cfg.batch_size)
 
-    model = build_model(cfg, data.num_classes, data.in_channels).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # channels_last on every device: cuDNN's and oneDNN's fast layout (CPU, width 0.125: 1.4x per step
+    # without norm, 1.1-1.4x with ghost BN; bench/norm_cost.py, bench/RESULTS.md)
+    model = build_model(cfg, data.num_classes, data.in_channels).to(device).to(memory_format=torch.channels_last)
     lr_at = lr_schedule(cfg, steps_per_epoch, full_batches)
     momentum_at = momentum_schedule(cfg, steps_per_epoch, full_batches)
     optimizer = torch.optim.SGD(
