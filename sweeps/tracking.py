@@ -262,6 +262,7 @@ class TrialLogger:
         self.logged: set[int] | None = None  # epochs the run holds; None: unknown (read from the server)
         self._client = client
         self._failing = False  # the last call to the server failed: warned once, tell when it answers again
+        self._incomplete = False  # the run exists but its start has not finished filling it in: redo at the next call
 
     @property
     def client(self):
@@ -313,8 +314,6 @@ class TrialLogger:
         return self.run_id
 
     def _start(self) -> None:
-        from mlflow.entities import Param, RunTag
-
         client, s = self.client, self.sweep
         run_file = self.dir / schema.RUN_FILE
         if self.run_id is None and run_file.exists():
@@ -328,17 +327,35 @@ class TrialLogger:
             self.run_id = found[0].info.run_id if found else None
         if self.run_id is None:
             self.run_id = client.create_run(s.experiment_id, run_name=self.trial.label, tags=self.tags()).info.run_id
-            run_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": s.tracking_uri}))
-            client.log_batch(self.run_id, params=[Param(k, v) for k, v in run_params(self.trial.cfg).items()])
-            cfg_path = self.dir / schema.CONFIG_ARTIFACT
-            self.trial.cfg.to_json(cfg_path)
-            client.log_artifact(self.run_id, str(cfg_path))
-            if self.trial.dataset is not None:
-                client.log_inputs(self.run_id, datasets=dataset_inputs(self.trial.cfg, self.trial.dataset))
-        else:
-            run_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": s.tracking_uri}))
+        self._incomplete = True
+        run_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": s.tracking_uri}))
+        self._fill()
+
+    def _fill(self) -> None:
+        """Give the run what it lacks of a started trial: status running, its device, the params, the
+        config artifact, the dataset inputs. Each is checked against the stored run first, so a start
+        that failed halfway (a lost connection; two trials racing to insert the same dataset row into a
+        SQLite store, which MLflow's check-then-insert lets fail with a UNIQUE constraint) is finished by
+        the next call, and a restarted trial's run is made whole too."""
+        from mlflow.entities import Param, RunTag
+
+        client, cfg = self.client, self.trial.cfg
+        run = client.get_run(self.run_id)
+        if run.info.status != "RUNNING":
             client.update_run(self.run_id, status="RUNNING")
-            client.log_batch(self.run_id, tags=[RunTag(schema.TAG_STATUS, "running"), RunTag(schema.TAG_DEVICE, self.trial.device_name)])
+        tags = {schema.TAG_STATUS: "running", schema.TAG_DEVICE: self.trial.device_name}
+        if any(run.data.tags.get(k) != v for k, v in tags.items()):
+            client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        params = {k: v for k, v in run_params(cfg).items() if k not in run.data.params}
+        if params:
+            client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+        if not any(a.path == schema.CONFIG_ARTIFACT for a in client.list_artifacts(self.run_id)):
+            cfg_path = self.dir / schema.CONFIG_ARTIFACT
+            cfg.to_json(cfg_path)
+            client.log_artifact(self.run_id, str(cfg_path))
+        if self.trial.dataset is not None and not run.inputs.dataset_inputs:
+            client.log_inputs(self.run_id, datasets=dataset_inputs(cfg, self.trial.dataset))
+        self._incomplete = False
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
         """Add one reported epoch to the history and send what the run lacks."""
@@ -349,7 +366,7 @@ class TrialLogger:
         """Send every history epoch the run lacks, in order, once; True when nothing is left unsent."""
         from mlflow.entities import Metric
 
-        if self.run_id is None:
+        if self.run_id is None or self._incomplete:
             self.start()
         if self.run_id is None:
             return False

@@ -14,7 +14,8 @@ from bigbatch.config import RunConfig
 from bigbatch.experiments import load_experiment
 from bigbatch.schema import CHECKPOINT, RUN_FILE
 from bigbatch.train import train
-from sweeps.tracking import SweepRun, TrackingError, TrialInfo, TrialLogger, check_tracking, checkpoint_history, open_sweep
+from sweeps.tracking import (SweepRun, TrackingError, TrialInfo, TrialLogger, check_tracking, checkpoint_history, open_sweep,
+                            run_params)
 
 
 def epoch(e: int) -> dict:
@@ -138,3 +139,60 @@ def test_git_commit_is_the_one_the_process_started_with(tmp_path):
     git("commit", "-qam", "two")
     assert git("rev-parse", "HEAD") != first and git_commit(tmp_path) == first
     assert git_commit(tmp_path / "no-such-repo") == "unknown"
+
+
+@pytest.mark.parametrize("fails", ["log_inputs", "log_batch"])
+def test_a_start_that_failed_halfway_is_finished_by_the_next_call(sweep, tmp_path, capsys, fails):
+    """Two trials of the mini preset's exp6 started at once: the second one's log_inputs lost MLflow's
+    check-then-insert race for the shared dataset row (sqlite3.IntegrityError: UNIQUE constraint failed:
+    datasets...), and its run kept no dataset inputs. Here the first start fails at that step (or earlier,
+    logging the params); the next epoch's call fills in what the run lacks, and nothing twice."""
+    from dataclasses import asdict
+
+    from mlflow.exceptions import MlflowException
+
+    from bigbatch.data import prepare_data
+
+    cfg = RunConfig(experiment="exp6", dataset="synthetic", synthetic_size=256, val_size=64)
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    logger = TrialLogger(sweep, TrialInfo(cfg, "t4", "exp6 bs=64", "cpu", asdict(prepare_data(cfg))), d)
+    real = getattr(logger.client, fails)
+    tries = []
+
+    def flaky(*args, **kwargs):
+        if fails == "log_inputs" or kwargs.get("params"):
+            tries.append(1)
+            if len(tries) == 1:
+                raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name")
+        return real(*args, **kwargs)
+
+    setattr(logger.client, fails, flaky)
+    run_id = logger.start()
+    assert run_id is not None and "warning: MLflow start failed for trial t4" in capsys.readouterr().err
+    run = logger.client.get_run(run_id)
+    assert not run.inputs.dataset_inputs
+    logger.log_epoch(epoch(1))
+    logger.log_epoch(epoch(2))
+    run = logger.client.get_run(run_id)
+    assert sorted(i.dataset.name for i in run.inputs.dataset_inputs) == ["synthetic-test", "synthetic-train", "synthetic-val"]
+    assert run.data.params["val_size"] == "64" and len(run.data.params) == len(run_params(cfg))
+    assert [a.path for a in logger.client.list_artifacts(run_id)] == ["config.json"]
+    assert run.info.status == "RUNNING" and steps(logger) == [1, 2]
+    assert len(tries) == 2  # the failed try and one more
+
+
+def test_a_restarted_trial_fills_in_what_its_run_lacks(sweep, tmp_path):
+    """A trial killed after its run was created but before the params reached it (an old store, or a
+    crash): when it is restarted from its checkpoint directory, its run gets them, and keeps its id."""
+    cfg = RunConfig(experiment="exp6", dataset="synthetic")
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    a = logger_for(sweep, cfg, "t5", "exp6 bs=128", d)
+    bare = a.client.create_run(sweep.experiment_id, run_name="exp6 bs=128", tags=a.tags()).info.run_id
+    (d / RUN_FILE).write_text(json.dumps({"run_id": bare, "tracking_uri": sweep.tracking_uri}))
+    a.client.set_terminated(bare, status="FAILED")
+    assert a.start() == bare
+    run = a.client.get_run(bare)
+    assert run.info.status == "RUNNING" and run.data.params["experiment"] == "exp6"
+    assert [x.path for x in a.client.list_artifacts(bare)] == ["config.json"]
