@@ -49,6 +49,12 @@ img { max-width: 100%; border: 1px solid #eee; }
 """
 
 
+# what each recipe is (bigbatch.config: RunConfig.recipe; shared/design/paper-recipes.md)
+RECIPES = {"text": "the paper's words: no momentum, augmentation with p = 0.5",
+           "authors-code": "what the authors' code did: momentum cycled 0.8-0.9 under CyclicLR, rotation and "
+                           "translation on every image, validation images augmented too"}
+
+
 def to_html(text: str, title: str) -> str:
     """The report's Markdown as one HTML page (Python-Markdown with its tables extension)."""
     body = markdown.markdown(text, extensions=["tables", "fenced_code"])
@@ -126,6 +132,9 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
         add(f"- code: git {', '.join(c[:10] for c in commits)}")
     if devices:
         add(f"- devices: {', '.join(devices)}")
+    recipes = sorted(set(trials["recipe"].dropna())) if "recipe" in trials else []
+    if recipes:
+        add(f"- recipe: {', '.join(f'{r} ({RECIPES.get(r, r)})' for r in recipes)}")
     dev = deviations(trials)
     if dev:
         add("- **not the paper's setting**: " + "; ".join(dev) + ". Differences from the paper measure "

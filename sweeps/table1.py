@@ -5,7 +5,7 @@
     python -m sweeps.table1 --preset mini --gpus-per-trial 0.25 --set width_mult=1   # the same on a GPU
     python -m sweeps.table1 --preset paper --out runs/paper            # the paper's full setting (CIFAR-10)
     python -m sweeps.table1 --preset demo --experiments exp1 exp6      # `make demo`: a few minutes on 2 CPUs
-    python -m sweeps.table1 --preset mini --experiments exp2 exp4 exp5 optuna --seeds 1   # the rest, same --out
+    python -m sweeps.table1 --preset mini --experiments exp2 exp4 exp5 optuna   # the rest, same --out
     python -m sweeps.table1 --smoke-test --experiments exp1 exp6       # the machinery only (synthetic)
 
 Each experiment runs through the ordinary sweep runner (``sweeps.runner.run_sweep`` with
@@ -86,13 +86,16 @@ MINI_MEASURE = {"gns_images": 1024, "gns_every": 5, "sharpness_images": 128, "sh
 # 3 experiments x 6 batch sizes x 2 seeds = 36 runs = 3.4M; measured on this 2-core CPU nearly idle (load
 # 0.4-2, width 0.125, ghost BN, bs 256): 2 trials x 1 thread = 947 img/s (1 trial x 2 threads: 786), so
 # 3.4M / 947 = 3,570 s: about 60 min (exp1's model, without BN, is a little faster). 10,240 images (100
-# steps at bs 1024: --set train_subset=10240) would take ~72 min. Nothing here is CPU-only: on a GPU,
+# steps at bs 1024: --set train_subset=10240) would take ~72 min. Measured since (docs/results/fashion-mnist-mini):
+# the headline rows 39.9 min (2026-11-25, AVX2 CPU), the whole table 41.9 min (2026-12-05, AVX-512 CPU and the
+# faster ghost BN / channels_last code; headline rows 10.8 of it). Nothing here is CPU-only: on a GPU,
 # --gpus-per-trial 0.25 --set width_mult=1.
 # The base lr (at bs 32; eq. 1 and the CyclicLR bounds scale from it) is 0.1, not the paper's 0.01, by
 # the paper's own protocol: its 0.01 was the best of a learning-rate grid on the baseline at bs 32, so the
 # mini preset reran that grid at bs 32 in its own setting (docs/results/fashion-mnist-mini, 2026-11-25):
 # lr 0.001 / 0.003 / 0.01 never left the ln 10 plateau in 2,560 steps (val 8.9% = chance), 0.03 barely
-# (best val 17.8%), 0.1 reached 74.8%, 0.3 learned then fell back to chance. The rule (best validation
+# (best val 17.8%), 0.1 reached 74.8%, 0.3 learned then fell back to chance (rerun 2026-12-05 on another CPU:
+# 0.1 again, 76.4% against 18.0% at 0.3 and 17.9% at 0.03). The rule (best validation
 # accuracy at bs 32) was fixed before any other batch size ran; a first headline run at lr 0.01 had the
 # baseline at chance in every cell, bs 32 included (kept in the results as the negative it is).
 MINI = Preset(
@@ -386,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     sweep_seconds = time.perf_counter() - t0
     dataset = "synthetic" if plan.smoke_test else plan.overrides.get("dataset", RunConfig.dataset)
-    title = f"Table I on {dataset} ({label} preset{', real data' if dataset != 'synthetic' else ', smoke data: not the paper'})"
+    title = (f"Table I on {dataset}, recipe {args.recipe} "
+             f"({label} preset{', real data' if dataset != 'synthetic' else ', smoke data: not the paper'})")
     report_code = 0 if args.no_report else write_report(plan.out, args.quiet, title)
     wall = time.perf_counter() - t0
     lines = [

@@ -595,6 +595,7 @@ def test_report_written_and_links_resolve(store, tmp_path):
     assert f"† exp6 bs=1024: 1 of the 2 runs of the chosen setting diverged at epoch {DIVERGED_AT}" in md
     assert "88.80* [f=2] (89.87 [f=2], -1.07)" in md  # Table I against the paper
     assert "`epochs` = 5 (the paper: 100)" in md
+    assert "- recipe: text (the paper's words: no momentum" in md  # which recipe ran: the tables look alike
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert len(links) == 6
     for link in links:

@@ -212,7 +212,7 @@ def test_smoke_run_of_two_experiments_ends_with_the_report(tmp_path):
     for name in ("report.md", "report.html", "table.md", "table.csv", "RUN.md"):
         assert (out / "report" / name).is_file() and (out / "report" / name).stat().st_size > 0, name
     table = (out / "report" / "table.md").read_text()
-    assert table.startswith("Table I on synthetic (smoke preset") and "Baseline" in table
+    assert table.startswith("Table I on synthetic, recipe text (smoke preset") and "Baseline" in table
     run_md = (out / "report" / "RUN.md").read_text()
     assert run_md.count("- command: `python -m sweeps.table1 --smoke-test") == 2  # one section per part
     assert run_md.count("# Table I run") == 2 and run_md.count("whole wall time") == 2
