@@ -30,7 +30,7 @@ from bigbatch.experiments import RECIPES, TABLE_EXPERIMENTS, eq2_factor, load_ex
 from .runner import (SweepError, check_resources, check_storage, default_name, known_error, ray_session, reporter,
                      trial_errors_callback, ui_hint)
 from .space import SweepContext, TrialNames, build_space, prepare_space_data, trial_run_config
-from .tracking import TrackingError, check_tracking, close_sweep, mark_stopped, open_sweep
+from .tracking import TrackingError, check_tracking, close_sweep, log_sweep_inputs, mark_stopped, open_sweep
 
 DEFAULT_BATCH_SIZES = [256, 512, 1024]
 
@@ -111,6 +111,7 @@ def run_search(args: argparse.Namespace, train_fn: Callable[..., dict[str, Any]]
         errors: list[str] = []
         for bs, space in spaces.items():
             ctx = SweepContext(space.base, run, ("factor_lr",), checkpoint_every=1, datasets=datasets)
+            log_sweep_inputs(run, ctx.trial_datasets(space))
             study_name = f"{name}-bs{bs}"
             done = 0
             try:

@@ -29,7 +29,7 @@ from bigbatch.config import ConfigError, RunConfig
 from bigbatch.experiments import Experiment, load_experiment
 
 from .space import SweepContext, SweepSpace, TrialNames, build_space, prepare_space_data, trial_run_config
-from .tracking import check_tracking, close_sweep, open_sweep, reopen_sweep
+from .tracking import check_tracking, close_sweep, log_sweep_inputs, open_sweep, reopen_sweep
 
 SWEEP_FILE = "bigbatch_sweep.json"  # in the sweep's directory: its options and trial context, to resume with
 
@@ -401,7 +401,9 @@ def _context(plan: SweepPlan, gpus: float) -> SweepContext:
     }
     run = open_sweep(plan.tracking_uri, space.experiment, plan.name, dataset=str(space.base.get("dataset", RunConfig.dataset)),
                          search="grid", smoke_test=opts.smoke_test, params=params)
-    return SweepContext(space.base, run, tuple(space.search), opts.checkpoint_every, plan.datasets)
+    context = SweepContext(space.base, run, tuple(space.search), opts.checkpoint_every, plan.datasets)
+    log_sweep_inputs(run, context.trial_datasets(space))
+    return context
 
 
 def _run(plan: SweepPlan, gpus: float, train_fn) -> SweepResult:

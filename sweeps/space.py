@@ -104,6 +104,11 @@ class SweepContext:
         return cls(dict(d["base"]), SweepRun(**d["run"]), tuple(d["searched"]), int(d["checkpoint_every"]),
                    tuple(d.get("datasets", ())))
 
+    def trial_datasets(self, *spaces: "SweepSpace") -> list[tuple[RunConfig, dict[str, Any]]]:
+        """(config, prepared dataset) of every trial of these spaces whose dataset the driver prepared."""
+        cfgs = [trial_run_config(space.base, point) for space in spaces for point in space.points()]
+        return [(cfg, info) for cfg in cfgs if (info := self.dataset_info(cfg)) is not None]
+
     def dataset_info(self, cfg: RunConfig) -> dict[str, Any] | None:
         """The prepared dataset a trial's config reads (None if the driver prepared none, e.g. an older sweep)."""
         for info in self.datasets:

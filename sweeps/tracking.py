@@ -155,6 +155,22 @@ def open_sweep(uri: str, exp: Experiment, name: str, *, dataset: str, search: st
     return SweepRun(uri, mlflow_experiment, experiment_id, parent_run_id, name, exp.label, search, commit)
 
 
+def log_sweep_inputs(run: SweepRun, trials: list[tuple[RunConfig, dict[str, Any]]]) -> None:
+    """On the driver, before any trial: the parent run logs the dataset inputs its trials will log, one per
+    split. MLflow makes an experiment's dataset rows on first use, by check-then-insert: trials that start
+    together can race for them, and on SQLite the loser fails with a UNIQUE constraint (seen in the mini
+    table run and in ``make demo``). With the rows made here, the trials only link to them. ``trials``:
+    (config, prepared dataset) of each trial (``SweepContext.trial_datasets``); repeating this is harmless
+    (MLflow keeps one input per dataset). Raises TrackingError."""
+    inputs = {(i.dataset.name, i.dataset.digest): i for cfg, info in trials for i in dataset_inputs(cfg, info)}
+    if not inputs:
+        return
+    try:
+        mlflow_client(run.tracking_uri).log_inputs(run.parent_run_id, datasets=list(inputs.values()))
+    except Exception as e:
+        raise TrackingError(f"cannot log the datasets to the MLflow parent run at {run.tracking_uri}: {_one_line(e)}") from None
+
+
 def reopen_sweep(run: SweepRun) -> None:
     """A resumed sweep: its parent run is RUNNING again (TrackingError when the store fails)."""
     try:

@@ -196,3 +196,33 @@ def test_a_restarted_trial_fills_in_what_its_run_lacks(sweep, tmp_path):
     run = a.client.get_run(bare)
     assert run.info.status == "RUNNING" and run.data.params["experiment"] == "exp6"
     assert [x.path for x in a.client.list_artifacts(bare)] == ["config.json"]
+
+
+def test_the_driver_makes_the_dataset_rows_so_trials_that_start_together_do_not_race(sweep, tmp_path):
+    """MLflow makes an experiment's dataset rows by check-then-insert at a run's first log_inputs: trials
+    that start together raced for them (a UNIQUE constraint error in the mini table run and in make demo).
+    log_sweep_inputs makes them on the parent run first; a trial then adds no dataset row, only its link."""
+    import sqlite3
+
+    from sweeps.space import SweepContext, build_space, prepare_space_data
+    from sweeps.tracking import log_sweep_inputs, mlflow_client
+
+    space = build_space(load_experiment("exp6"), batch_sizes=[64, 128], seeds=2, smoke_test=True)
+    ctx = SweepContext(space.base, sweep, (), 1, prepare_space_data(space))
+    trials = ctx.trial_datasets(space)
+    assert len(trials) == 4  # 2 batch sizes x 2 seeds, all on the prepared synthetic set
+    db = sweep.tracking_uri.removeprefix("sqlite:///")
+    rows = lambda: sqlite3.connect(db).execute("select count(*) from datasets").fetchone()[0]  # noqa: E731
+    assert rows() == 0
+    log_sweep_inputs(sweep, trials)
+    log_sweep_inputs(sweep, trials)  # repeated (a resumed sweep): nothing twice
+    parent = mlflow_client(sweep.tracking_uri).get_run(sweep.parent_run_id)
+    assert sorted(i.dataset.name for i in parent.inputs.dataset_inputs) == ["synthetic-test", "synthetic-train", "synthetic-val"]
+    assert rows() == 3
+    cfg, info = trials[0]
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    logger = TrialLogger(sweep, TrialInfo(cfg, "t6", "exp6 bs=64", "cpu", info), d)
+    logger.start()
+    assert len(logger.client.get_run(logger.run_id).inputs.dataset_inputs) == 3 and rows() == 3
+
