@@ -58,6 +58,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "factor_lr_scaling": ("none", "sqrt"),
     "cyclic_mode": ("triangular", "triangular2", "exp_range"),
     "norm": ("none", "batch", "ghost"),
+    "init": ("authors", "torch"),
     "precision": ("fp32", "bf16"),
     "augment_interpolation": ("nearest", "bilinear"),
 }
@@ -110,6 +111,7 @@ class RunConfig:
     bn_momentum: float = 0.99  # running-stat update, PyTorch convention: weight of the new batch (authors' code; the text is silent)
     width_mult: float = 1.0  # channel multiplier of the convolutions (tests use narrow models)
     dropout: float = 0.5  # classifier dropout probability (authors' code; the text is silent)
+    init: str = "authors"  # Linear layers: authors (the authors' code: normal(0, 0.01), bias 0; the text is silent) | torch (PyTorch's default: kaiming-uniform weights, uniform biases); convolutions are kaiming-normal fan_out in both
 
     # ---- augmentation (runs on the training device, over the whole batch at once) ----
     hflip_p: float = 0.5  # probability of a horizontal flip (the text and the authors' code)

@@ -18,7 +18,8 @@ paper's recipe), 9,672,778 in all with ``norm="none"``, 9,675,722 with ``batch``
 
 Initialisation (the paper does not say; the authors' code, as torchvision's VGG): convolutions
 Kaiming-normal (fan_out, ReLU gain, which keeps the 13-layer BN-free network trainable at lr 0.01),
-conv biases zero, norm weight 1 / bias 0, linear layers normal(0, 0.01) with bias zero.
+conv biases zero, norm weight 1 / bias 0, linear layers normal(0, 0.01) with bias zero; the ``init`` key
+``torch`` gives the Linear layers PyTorch's default instead (``init_weights``).
 
 This module imports torch only (no ray, no mlflow).
 """
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GhostBatchNorm2d", "vgg13", "build_model", "NORM_LAYERS", "make_norm", "VGG13_WIDTHS", "scaled_widths"]
+__all__ = ["GhostBatchNorm2d", "vgg13", "build_model", "init_weights", "LINEAR_INITS", "NORM_LAYERS", "make_norm", "VGG13_WIDTHS", "scaled_widths"]
 
 # "M" is a 2x2 max-pool.
 VGG13_WIDTHS: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -213,10 +214,12 @@ def vgg13(
     ghost_groups: int = 1,
     bn_momentum: float = 0.1,
     dropout: float = 0.5,
+    init: str = "authors",
 ) -> nn.Sequential:
     """The paper's adapted VGG13 (module docstring). ``features`` is ``model[0]``, ``classifier``
     ``model[1]``; 32x32 inputs (any side in 32..63 reaches 1x1 after the five pools). ``ghost_groups``:
-    the number of groups of every GhostBatchNorm2d (norm "ghost")."""
+    the number of groups of every GhostBatchNorm2d (norm "ghost"). ``init``: the Linear layers'
+    initialisation, "authors" or "torch" (``init_weights``)."""
     if norm not in NORM_LAYERS:
         raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORM_LAYERS)}")
     if num_classes <= 0 or in_channels <= 0:
@@ -246,11 +249,21 @@ def vgg13(
     model = nn.Sequential()
     model.add_module("features", features)
     model.add_module("classifier", classifier)
-    _init_weights(model)
+    init_weights(model, init)
     return model
 
 
-def _init_weights(model: nn.Module) -> None:
+LINEAR_INITS = ("authors", "torch")
+
+
+def init_weights(model: nn.Module, init: str = "authors") -> None:
+    """Initialise in module order: convolutions Kaiming-normal (fan_out, ReLU gain), conv biases zero,
+    norm weight 1 / bias 0, and the Linear layers by ``init``: "authors" normal(0, 0.01) with bias zero
+    (the authors' code), "torch" PyTorch's default (``nn.Linear.reset_parameters``: kaiming-uniform with
+    a = sqrt(5), i.e. U(+-1/sqrt(fan_in)), and bias U(+-1/sqrt(fan_in))). The convolutions draw the same
+    numbers in both, so two models of one seed differ only in their Linear layers."""
+    if init not in LINEAR_INITS:
+        raise ValueError(f"unknown init {init!r}; valid: {', '.join(LINEAR_INITS)}")
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -259,13 +272,15 @@ def _init_weights(model: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, GhostBatchNorm2d)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and init == "torch":
+            m.reset_parameters()
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.01)
             nn.init.zeros_(m.bias)
 
 
 def build_model(cfg: Any, num_classes: int, in_channels: int) -> nn.Module:
-    """The VGG13 a RunConfig asks for (norm, bn_momentum, width_mult, dropout; ghost BN with
+    """The VGG13 a RunConfig asks for (norm, bn_momentum, width_mult, dropout, init; ghost BN with
     ``batch_size // virtual_batch_size`` groups, fixed by the batch size as in the authors' code).
     Weights come from torch's global RNG: seed it before calling for reproducible initialisation."""
     return vgg13(
@@ -276,4 +291,5 @@ def build_model(cfg: Any, num_classes: int, in_channels: int) -> nn.Module:
         ghost_groups=max(1, cfg.batch_size // cfg.virtual_batch_size),
         bn_momentum=cfg.bn_momentum,
         dropout=cfg.dropout,
+        init=cfg.init,
     )

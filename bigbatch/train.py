@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, OneLineArgumentParser, RunConfig
+from .config import DEFAULTS, ConfigError, OneLineArgumentParser, RunConfig
 from .data import Augmenter, DataError, DataSplits, DeviceDataset, epoch_order, load_data, require_batch_fits
 from .measure import NoiseScaleProbe, sharpness
 from .model import build_model
@@ -272,10 +272,12 @@ def load_checkpoint(run: Run, directory: Path) -> bool:
     except Exception as e:  # a torn or foreign file: say which, do not guess
         raise TrainingError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]) from None
     saved = state["config"]
-    diff = [k for k, v in run.cfg.to_dict().items() if k not in RESUME_FREE_KEYS and saved.get(k) != v]
+    # a key that a checkpoint lacks was added later with the old behaviour as its default (e.g. init)
+    default = DEFAULTS.to_dict()
+    diff = [k for k, v in run.cfg.to_dict().items() if k not in RESUME_FREE_KEYS and saved.get(k, default[k]) != v]
     if diff:
         k = diff[0]
-        raise ConfigError(f"checkpoint {path} was written for another config ({k}={saved.get(k)!r}, now {getattr(run.cfg, k)!r}); use a new --checkpoint-dir")
+        raise ConfigError(f"checkpoint {path} was written for another config ({k}={saved.get(k, default[k])!r}, now {getattr(run.cfg, k)!r}); use a new --checkpoint-dir")
     _raw_model(run).load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"])

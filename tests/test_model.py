@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bigbatch.config import RunConfig
-from bigbatch.model import NORM_LAYERS, GhostBatchNorm2d, build_model, make_norm, vgg13
+from bigbatch.config import CHOICES, ConfigError, RunConfig
+from bigbatch.model import LINEAR_INITS, NORM_LAYERS, GhostBatchNorm2d, build_model, make_norm, vgg13
 
 
 def _pair(c: int, groups: int, momentum: float = 0.1, dtype=torch.float64):
@@ -344,6 +344,41 @@ def test_initialisation_as_the_authors_code():
     fan_out = conv.out_channels * 9
     assert abs(conv.weight.std().item() - (2 / fan_out) ** 0.5) < 0.01 * (2 / fan_out) ** 0.5
     assert torch.equal(conv.bias, torch.zeros(256))
+
+
+def test_torch_init_changes_the_linear_layers_only():
+    """init=torch: PyTorch's default Linear init, U(+-1/sqrt(fan_in)) for weights and biases; the
+    convolutions draw the same numbers as under the authors' init (same seed, same module order)."""
+    torch.manual_seed(0)
+    authors = vgg13(norm="batch", init="authors")
+    torch.manual_seed(0)
+    default = vgg13(norm="batch", init="torch")
+    convs = [(a, b) for a, b in zip(authors.modules(), default.modules()) if isinstance(a, nn.Conv2d)]
+    assert len(convs) == 10 and all(torch.equal(a.weight, b.weight) for a, b in convs)
+    hidden, last = [m for m in default.modules() if isinstance(m, nn.Linear)]
+    for layer in (hidden, last):
+        bound = 1 / layer.in_features ** 0.5  # 1/sqrt(512)
+        uniform_std = bound / 3 ** 0.5
+        assert layer.weight.abs().max().item() <= bound
+        assert abs(layer.weight.std().item() - uniform_std) < 0.05 * uniform_std
+        assert layer.bias.abs().max().item() <= bound and layer.bias.abs().sum().item() > 0  # not zero
+    # the authors' Linear weights are 4x narrower (0.01 against 1/sqrt(3 * 512) = 0.0255) with zero bias
+    a_hidden = [m for m in authors.modules() if isinstance(m, nn.Linear)][0]
+    assert abs(a_hidden.weight.std().item() - 0.01) < 1e-4 and not a_hidden.bias.any()
+
+
+def test_init_from_run_config_and_refused_when_unknown():
+    torch.manual_seed(0)
+    model = build_model(RunConfig(init="torch", width_mult=0.125), num_classes=10, in_channels=1)
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    assert last.bias.any()  # torch's uniform bias, the authors' would be zeros
+    torch.manual_seed(0)
+    assert not [m for m in build_model(RunConfig(width_mult=0.125), 10, 1).modules() if isinstance(m, nn.Linear)][-1].bias.any()
+    with pytest.raises(ConfigError, match="init='xavier' is not one of: authors, torch"):
+        RunConfig(init="xavier")
+    with pytest.raises(ValueError, match="unknown init 'xavier'; valid: authors, torch"):
+        vgg13(init="xavier")
+    assert CHOICES["init"] == LINEAR_INITS
 
 
 def test_unknown_norm_raises_naming_the_valid_ones():

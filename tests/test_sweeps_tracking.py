@@ -226,3 +226,10 @@ def test_the_driver_makes_the_dataset_rows_so_trials_that_start_together_do_not_
     logger.start()
     assert len(logger.client.get_run(logger.run_id).inputs.dataset_inputs) == 3 and rows() == 3
 
+
+
+def test_init_key_is_a_logged_param():
+    from bigbatch.config import RunConfig
+
+    assert run_params(RunConfig(init="torch"))["init"] == "torch"
+    assert run_params(RunConfig())["init"] == "authors"

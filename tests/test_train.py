@@ -156,6 +156,23 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
         train(RunConfig(**dict(TINY, epochs=1, lr=0.1)), checkpoint_dir=tmp_path)
 
 
+def test_checkpoint_from_before_a_key_existed_resumes_as_its_default(tmp_path):
+    """A checkpoint written before the init key existed was trained with its default (authors)."""
+    import torch
+
+    from bigbatch.train import CHECKPOINT
+
+    full = train(RunConfig(**dict(TINY, epochs=2)), checkpoint_dir=tmp_path)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    del state["config"]["init"]  # as an older bigbatch wrote it
+    torch.save(state, tmp_path / CHECKPOINT)
+    with pytest.raises(ConfigError, match=r"another config \(init='authors', now 'torch'\)"):
+        train(RunConfig(**dict(TINY, epochs=2, init="torch")), checkpoint_dir=tmp_path)
+    again = train(RunConfig(**dict(TINY, epochs=2)), report=lambda m: pytest.fail("finished: no epoch should run"),
+                  checkpoint_dir=tmp_path)
+    assert again["test_acc"] == full["test_acc"]
+
+
 def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     cfg = RunConfig(**dict(TINY, epochs=3))
     real_save = torch.save
