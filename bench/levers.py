@@ -16,6 +16,13 @@ grid already ran (``levers.json`` has its pick) goes straight to its rows, so a 
     python bench/levers.py --variant authors-0.4 --out runs/levers --rows exp2 exp4 exp5 optuna
     python bench/levers.py --variant sqrt-torch-0.4 --out runs/levers      # lr_scaling=sqrt: exp3, exp6 only
     python bench/levers.py --list
+    python bench/levers.py --summarize --out runs/levers --to docs/results/fashion-mnist-mini/levers
+
+``--summarize`` reads every variant's store under OUT (and the committed mini table, variant authors-0.1,
+from ``docs/results/fashion-mnist-mini/table.csv``) into ``summary.csv`` (one line per variant x row x batch
+size), ``tables.md`` (one table per variant, the committed table's layout, the paper's values beside) and
+``gap_vs_steps.png`` (the gap bs 32 - bs 1024 of exp1, exp3, exp6 against the steps at bs 1024, one line per
+init, the paper's point at 4,000 steps marked).
 
 A variant with ``lr_from`` takes its base lr from another variant's grid (the sqrt variants: the lr rule is
 the lever, so the lr is the pick of the variant they modify) and runs no grid of its own.
@@ -92,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/levers", help="one store per variant under it (default runs/levers)")
     p.add_argument("--rows", nargs="+", help="table1 steps to run (default exp1 exp3 exp6, or the variant's)")
     p.add_argument("--list", action="store_true", help="print the variants and exit")
+    p.add_argument("--summarize", action="store_true", help="write summary.csv, tables.md and the figure into --to")
+    p.add_argument("--to", default="docs/results/fashion-mnist-mini/levers", help="--summarize: the output folder")
     args = p.parse_args(argv)
+    if args.summarize:
+        return summarize(Path(args.out), Path(args.to))
     if args.list or not args.variant:
         for name, v in VARIANTS.items():
             print(f"{name}: {' '.join(sets(v['keys']))}" + (f" (lr from {v['lr_from']})" if "lr_from" in v else ""))
@@ -123,6 +134,132 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "sweeps.table1", "--preset", "mini", "--experiments", *rows,
            "--set", *sets(variant["keys"]), f"lr={lr!r}", "--out", str(store), "--quiet"]
     return run(cmd, log, store, f"rows {' '.join(rows)} at lr {lr:g}")
+
+
+# ---------------------------------------------------------------------------------------------- summary
+SUMMARY_COLUMNS = ["variant", "init", "epoch_scale", "lr_scaling", "base_lr", "row", "batch_size", "steps", "n_seeds",
+                   "test_acc_mean", "test_acc_std"]
+COMMITTED = common.ROOT / "docs" / "results" / "fashion-mnist-mini" / "table.csv"  # the mini table: authors-0.1
+BATCH_SIZES = [32, 64, 128, 256, 512, 1024]
+
+
+def steps(row: str, batch_size: int, keys: dict) -> int:
+    """Optimizer steps of one run of ``row`` at ``batch_size`` (the last partial batch kept, as in the preset)."""
+    from bigbatch.experiments import load_experiment
+
+    cfg = load_experiment(row.removesuffix("-best")).run_config(batch_size=batch_size, **{**MINI.overrides, **keys})
+    return cfg.total_epochs * -(-cfg.train_subset // batch_size)
+
+
+def store_rows(name: str, store: Path) -> tuple[list[dict], object, str]:
+    """summary rows of one variant's store, its Table I (analysis.table) and its lr grid in Markdown."""
+    from analysis import lr_grid
+    from analysis.runs import load_runs
+    from analysis.table import build_tables
+
+    runs = load_runs(f"sqlite:///{store / 'mlflow.db'}")
+    tables = build_tables(runs)
+    grid = lr_grid.summarize(runs)
+    grid_md = lr_grid.render_markdown(grid, heading_level=3) if len(grid) else f"(the lr grid of {VARIANTS[name].get('lr_from', name)})\n"
+    if not tables:
+        return [], None, grid_md
+    (table,) = tables
+    lr = grid_pick(out_of(store, name))
+    keys = VARIANTS[name]["keys"]
+    rows = []
+    for (row, bs), c in sorted(table.cells.items(), key=lambda kv: (table.all_rows.index(kv[0][0]), kv[0][1])):
+        rows.append({"variant": name, "init": keys.get("init", "authors"), "epoch_scale": keys.get("epoch_scale", 0.1),
+                     "lr_scaling": keys.get("lr_scaling", "experiment's"), "base_lr": lr, "row": row, "batch_size": bs,
+                     "steps": steps(row, bs, {k: v for k, v in keys.items() if k != "lr_scaling"}),
+                     "n_seeds": c.n_seeds, "test_acc_mean": round(c.test_acc, 3),
+                     "test_acc_std": None if c.test_std is None else round(c.test_std, 3)})
+    return rows, table, grid_md
+
+
+def out_of(store: Path, name: str) -> Path:
+    return store.parent / VARIANTS[name]["lr_from"] if "lr_from" in VARIANTS[name] else store
+
+
+def committed_rows() -> list[dict]:
+    """The committed mini table (authors' init, epoch_scale 0.1, base lr 0.1, 2 seeds per cell)."""
+    import pandas as pd
+
+    table = pd.read_csv(COMMITTED)
+    rows = []
+    for _, r in table.iterrows():
+        for bs in BATCH_SIZES:
+            if pd.isna(r.get(str(bs))):
+                continue
+            rows.append({"variant": "authors-0.1", "init": "authors", "epoch_scale": 0.1, "lr_scaling": "experiment's",
+                         "base_lr": 0.1, "row": r["row"], "batch_size": bs, "steps": steps(r["row"], bs, {}),
+                         "n_seeds": 2, "test_acc_mean": round(float(r[str(bs)]), 3),
+                         "test_acc_std": None if pd.isna(r[f"{bs}_std"]) else round(float(r[f"{bs}_std"]), 3)})
+    return rows
+
+
+def summarize(out: Path, to: Path) -> int:
+    import pandas as pd
+
+    from analysis.table import render_markdown
+
+    to.mkdir(parents=True, exist_ok=True)
+    rows = committed_rows()
+    parts = []
+    for name in VARIANTS:
+        store = out / name
+        if name == "authors-0.1" or not (store / "mlflow.db").exists():
+            continue
+        got, table, grid_md = store_rows(name, store)
+        rows += got
+        if table is not None:
+            log = json.loads((store / "levers.json").read_text()) if (store / "levers.json").exists() else []
+            parts.append(f"## {name}: {' '.join(sets(VARIANTS[name]['keys']))}, base lr {got[0]['base_lr']:g}\n")
+            parts.append(render_markdown([table], paper=True, heading_level=3))
+            parts.append(grid_md)
+            parts += [f"- {s['step']}: `{s['command']}`, started {s['started']}, commit {s['commit'][:7]}, "
+                      f"{s['wall_s'] / 60:.1f} min, exit {s['exit']}" for s in log]
+            parts.append("")
+    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    frame.to_csv(to / "summary.csv", index=False)
+    (to / "tables.md").write_text("\n".join(parts) + "\n")
+    gap_figure(frame, to / "gap_vs_steps.png")
+    print(f"wrote {to / 'summary.csv'} ({len(frame)} lines), tables.md, gap_vs_steps.png")
+    return 0
+
+
+PAPER_GAP = {"exp1": 46.91, "exp3": 9.15, "exp6": 1.26}  # the paper's Table I: bs 32 minus bs 1024
+PAPER_STEPS_1024 = 4000  # 100 epochs of 40,000 images at bs 1024 (the last partial batch kept: 40 x 100)
+
+
+def gap_figure(frame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+    plain = frame[frame["lr_scaling"] == "experiment's"]
+    for ax, row in zip(axes, ("exp1", "exp3", "exp6")):
+        for init, style in (("authors", "o-"), ("torch", "s--")):
+            points = []
+            for variant, g in plain[(plain["row"] == row) & (plain["init"] == init)].groupby("variant"):
+                by_bs = dict(zip(g["batch_size"], g["test_acc_mean"]))
+                if 32 in by_bs and 1024 in by_bs:
+                    points.append((int(g[g["batch_size"] == 1024]["steps"].iloc[0]), by_bs[32] - by_bs[1024]))
+            if points:
+                xs, ys = zip(*sorted(points))
+                ax.plot(xs, ys, style, label=f"init {init}")
+        ax.plot([PAPER_STEPS_1024], [PAPER_GAP[row]], "k*", markersize=12, label="paper (CIFAR-10, 100 epochs)")
+        ax.set_xscale("log", base=2)
+        ax.set_title(row)
+        ax.set_xlabel("optimizer steps at bs 1024")
+        ax.axhline(0, color="grey", linewidth=0.5)
+    axes[0].set_ylabel("gap: test % at bs 32 minus bs 1024")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Fashion-MNIST mini setting: the gap against the step budget (issue 20's levers)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

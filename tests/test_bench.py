@@ -141,3 +141,14 @@ def test_lr_limit_plans_the_lr_each_experiment_uses_at_its_batch_size():
         assert [j["overrides"]["lr"] for j in jobs] == pytest.approx([base] * 4)
         assert sorted({j["overrides"]["epoch_scale"] for j in jobs}) == [0.1, 0.4]
         assert preset_lr == pytest.approx({bs: preset})
+
+
+def test_levers_steps_and_the_committed_table_as_a_variant():
+    levers = load("levers.py")
+    assert levers.steps("exp1", 1024, {}) == 80 and levers.steps("exp1", 32, {}) == 2560
+    assert levers.steps("exp3", 1024, {"epoch_scale": 0.4}) == 320 and levers.steps("exp2", 512, {}) == 2560
+    rows = levers.committed_rows()
+    assert {r["variant"] for r in rows} == {"authors-0.1"} and list(rows[0]) == levers.SUMMARY_COLUMNS
+    exp3 = {r["batch_size"]: r["test_acc_mean"] for r in rows if r["row"] == "exp3"}
+    assert sorted(exp3) == [32, 64, 128, 256, 512, 1024] and exp3[1024] < exp3[32]
+    assert set(levers.VARIANTS["sqrt-torch-0.4"]["rows"]) == {"exp3", "exp6"}
