@@ -28,6 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,23 @@ def check_tracking(uri: str | None, timeout: float = 5.0) -> str:
             reason = getattr(e, "reason", e)
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}); start it with `mlflow server` or pass --tracking-uri") from None
     return uri
+
+
+@contextmanager
+def store_lock(uri: str):
+    """Serialise the set-up of a SQLite store across processes (an exclusive ``flock`` on ``<db>.lock``
+    beside it): MLflow creates and migrates a new DB's schema, and gets-or-creates an experiment by
+    name, by check-then-act, so two sweeps started at once into one new store raced ("table ...
+    already exists", "duplicate column"). No-op for a tracking server, which serialises itself."""
+    path = _sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        yield
 
 
 def mlflow_client(uri: str):
@@ -131,15 +149,16 @@ def open_sweep(uri: str, exp: Experiment, name: str, *, dataset: str, search: st
     mlflow_experiment = mlflow_experiment or schema.mlflow_experiment(exp.name)
     commit = schema.git_commit()
     try:
-        client = mlflow_client(uri)
-        found = client.get_experiment_by_name(mlflow_experiment)
-        if found is None:
-            path = _sqlite_path(uri)  # artifacts beside a SQLite DB; the server decides for http
-            experiment_id = client.create_experiment(mlflow_experiment, artifact_location=(path.parent / "mlartifacts").as_uri() if path else None)
-        else:
-            experiment_id = found.experiment_id
-            if found.lifecycle_stage == "deleted":
-                client.restore_experiment(experiment_id)
+        with store_lock(uri):  # schema creation and get-or-create of the experiment, one process at a time
+            client = mlflow_client(uri)
+            found = client.get_experiment_by_name(mlflow_experiment)
+            if found is None:
+                path = _sqlite_path(uri)  # artifacts beside a SQLite DB; the server decides for http
+                experiment_id = client.create_experiment(mlflow_experiment, artifact_location=(path.parent / "mlartifacts").as_uri() if path else None)
+            else:
+                experiment_id = found.experiment_id
+                if found.lifecycle_stage == "deleted":
+                    client.restore_experiment(experiment_id)
         runs = client.search_runs([experiment_id], max_results=1, filter_string=(
             f"tags.`{schema.TAG_SWEEP}` = '{name}' and tags.`{schema.TAG_ROLE}` = '{schema.ROLE_SWEEP}'"))
         parent_run_id = runs[0].info.run_id if runs else None

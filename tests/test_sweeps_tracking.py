@@ -14,7 +14,7 @@ from bigbatch.config import RunConfig
 from bigbatch.experiments import load_experiment
 from bigbatch.schema import CHECKPOINT, RUN_FILE
 from bigbatch.train import train
-from sweeps.tracking import (SweepRun, TrackingError, TrialInfo, TrialLogger, check_tracking, checkpoint_history, open_sweep,
+from sweeps.tracking import (SweepRun, TrackingError, TrialInfo, TrialLogger, check_tracking, checkpoint_history, mlflow_client, open_sweep,
                             run_params)
 
 
@@ -233,3 +233,37 @@ def test_init_key_is_a_logged_param():
 
     assert run_params(RunConfig(init="torch"))["init"] == "torch"
     assert run_params(RunConfig())["init"] == "authors"
+
+
+RACE = """
+import sys, time
+from bigbatch.experiments import load_experiment
+from sweeps.tracking import open_sweep
+start = float(sys.argv[3])
+while time.time() < start:  # every process reaches the new store at the same moment
+    time.sleep(0.001)
+run = open_sweep(sys.argv[1], load_experiment(sys.argv[2]), sys.argv[2] + "-sweep", dataset="synthetic", search="grid",
+                 smoke_test=True, params={{}})
+print(run.parent_run_id)
+"""
+
+
+@pytest.mark.slow
+def test_sweeps_started_at_once_into_one_new_store_all_open(tmp_path):
+    """Two sweeps started together (exp5 and exp6 in two terminals) and two of the same experiment: MLflow's
+    schema creation and get-or-create of the experiment race in a new SQLite store unless serialised."""
+    import subprocess
+    import sys
+    import time
+
+    from bigbatch.experiments import load_experiment  # noqa: F401 (import cost paid before the clock)
+
+    uri = f"sqlite:///{tmp_path / 'new.db'}"
+    start = time.time() + 8  # after every interpreter has imported mlflow
+    procs = [subprocess.Popen([sys.executable, "-c", RACE.format(), uri, exp, str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for exp in ("exp5", "exp6", "exp6", "exp5")]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err.strip().splitlines()[-1:] for _, err in outs]
+    client = mlflow_client(uri)
+    names = sorted(e.name for e in client.search_experiments())
+    assert names == ["Default", "bigbatch-exp5", "bigbatch-exp6"]  # each experiment once
