@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from bigbatch.config import RunConfig
-from bigbatch.train import BEST_MODEL, CHECKPOINT, _cpu_state, _raw_model, resolve_device, save_checkpoint, setup
+from bigbatch.train import BEST_MODEL, CHECKPOINT, cpu_state, raw_model, resolve_device, save_checkpoint, setup
 
 
 def measure(width: float, momentum: float, device: torch.device, repeats: int) -> dict:
@@ -27,7 +27,7 @@ def measure(width: float, momentum: float, device: torch.device, repeats: int) -
     x, y = run.data.train.get(torch.arange(32, device=device))
     torch.nn.functional.cross_entropy(run.model(x), y).backward()
     run.optimizer.step()  # creates the momentum buffers when momentum > 0
-    run.best_state = _cpu_state(_raw_model(run))
+    run.best_state = cpu_state(raw_model(run))
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for case in ("improved", "not improved"):

@@ -212,7 +212,7 @@ def run_tuner(cfg: RunConfig, args, workdir: Path) -> dict:
 def checkpoint_probe(width: float, device: torch.device, repeats: int = 3) -> dict:
     """Seconds to write one per-epoch checkpoint of a model of ``width`` (last.pt + best_model.pt,
     fsync'd) and to copy the directory once more (what Tune does when it persists a checkpoint)."""
-    from bigbatch.train import save_checkpoint, setup, _cpu_state, _raw_model
+    from bigbatch.train import save_checkpoint, setup, cpu_state, raw_model
 
     cfg = RunConfig(dataset="synthetic", download=False, synthetic_size=256, val_size=64, width_mult=width,
                     batch_size=32, device=str(device), momentum=0.9)
@@ -220,13 +220,13 @@ def checkpoint_probe(width: float, device: torch.device, repeats: int = 3) -> di
     x, y = run.data.train.get(torch.arange(32, device=device))
     torch.nn.functional.cross_entropy(run.model(x), y).backward()
     run.optimizer.step()  # momentum buffers exist, as in exp5 with cycle_momentum (exp1 has none)
-    run.best_state = _cpu_state(_raw_model(run))
+    run.best_state = cpu_state(raw_model(run))
     save_s, copy_s, best_s = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats):
             d = Path(tmp) / f"c{i}"
             t0 = time.perf_counter()
-            run.best_state = _cpu_state(_raw_model(run))
+            run.best_state = cpu_state(raw_model(run))
             best_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             run.best_epoch = i + 1  # a new best: last.pt carries it and best_model.pt is rewritten

@@ -204,11 +204,13 @@ def evaluate(run: Run, dataset: DeviceDataset, augment: bool = False) -> tuple[f
     return (loss_sum / n).item(), 100.0 * correct.item() / n
 
 
-def _raw_model(run: Run) -> torch.nn.Module:
+def raw_model(run: Run) -> torch.nn.Module:
+    """The run's model without torch.compile's wrapper (its state_dict keys are the plain model's)."""
     return getattr(run.model, "_orig_mod", run.model)  # unwrap torch.compile
 
 
-def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``module``'s state on the CPU (the best model kept while training goes on)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
@@ -248,7 +250,7 @@ def save_checkpoint(run: Run, directory: Path) -> None:
     new_best = run.best_state is not None and run.best_epoch != run.best_saved_epoch
     state = {
         "epoch": run.epoch,
-        "model": _raw_model(run).state_dict(),
+        "model": raw_model(run).state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "rng": rng,
         "best": {"val_acc": run.best_val_acc, "epoch": run.best_epoch, "state": run.best_state if new_best else None},
@@ -278,7 +280,7 @@ def load_checkpoint(run: Run, directory: Path) -> bool:
     if diff:
         k = diff[0]
         raise ConfigError(f"checkpoint {path} was written for another config ({k}={saved.get(k, default[k])!r}, now {getattr(run.cfg, k)!r}); use a new --checkpoint-dir")
-    _raw_model(run).load_state_dict(state["model"])
+    raw_model(run).load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"])
     run.order_gen.set_state(state["rng"]["order"])  # generator states are CPU byte tensors, on any device
@@ -334,7 +336,7 @@ def train(
             best_changed = val_acc > run.best_val_acc
             if best_changed:
                 run.best_val_acc, run.best_epoch = val_acc, run.epoch
-                run.best_state = _cpu_state(_raw_model(run))
+                run.best_state = cpu_state(raw_model(run))
             epoch_seconds = time.perf_counter() - t0
             run.train_seconds += epoch_seconds
             metrics = {
@@ -369,7 +371,7 @@ def _summary(run: Run, status: str, diverged_epoch: int | None) -> dict[str, Any
     if run.best_state is not None:
         # the paper's rule: test the best-validation model; after a divergence, the best one before it
         # (the authors' code saved it at every improvement)
-        _raw_model(run).load_state_dict(run.best_state)
+        raw_model(run).load_state_dict(run.best_state)
         test_loss, test_acc = evaluate(run, run.data.test)
         best_val_acc, best_epoch = run.best_val_acc, run.best_epoch
     else:  # diverged in its first epoch: no model to test, chance level
@@ -378,7 +380,7 @@ def _summary(run: Run, status: str, diverged_epoch: int | None) -> dict[str, Any
     extra = {}
     if run.best_state is not None and run.cfg.sharpness_images > 0:  # Keskar et al.: the minimum the run chose
         t0 = time.perf_counter()
-        extra["sharpness"] = sharpness(_raw_model(run), run.data.train, run.cfg.sharpness_images,
+        extra["sharpness"] = sharpness(raw_model(run), run.data.train, run.cfg.sharpness_images,
                                        run.cfg.sharpness_iters, seed=run.cfg.seed + 5, batch_size=run.cfg.eval_batch_size)
         extra["sharpness_seconds"] = time.perf_counter() - t0
     return {
@@ -404,7 +406,7 @@ def measure_noise_scale(run: Run) -> dict[str, float]:
     """One gradient-noise-scale probe at the current weights: ``gns`` (B_simple, EMA-smoothed), ``gns_raw``
     (this probe alone) and ``gns_seconds`` (its cost); empty when the estimate is not finite."""
     t0 = time.perf_counter()
-    smoothed, raw = run.gns(_raw_model(run), run.autocast)
+    smoothed, raw = run.gns(raw_model(run), run.autocast)
     out = {"gns": smoothed, "gns_raw": raw, "gns_seconds": time.perf_counter() - t0}
     return {k: v for k, v in out.items() if math.isfinite(v)} if math.isfinite(smoothed) else {}
 

@@ -256,7 +256,7 @@ def _scripted_val(monkeypatch, accs, states):
 
     def fake_eval(run, dataset, augment=False):
         if dataset is run.data.val:
-            states[run.epoch + 1] = {k: v.clone() for k, v in train_mod._raw_model(run).state_dict().items()}
+            states[run.epoch + 1] = {k: v.clone() for k, v in train_mod.raw_model(run).state_dict().items()}
             return 1.0, next(accs)
         return real_eval(run, dataset, augment)
 
