@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 from bigbatch.config import ConfigError, RunConfig
 from bigbatch.experiments import Experiment, load_experiment
 
+from .ray_compat import trial_configs
 from .space import SweepContext, SweepSpace, TrialNames, build_space, prepare_space_data, trial_run_config
 from .tracking import check_tracking, close_sweep, log_sweep_inputs, open_sweep, reopen_sweep
 
@@ -457,10 +458,7 @@ def _cell(value: Any) -> str:
 
 def _finish(results, plan: SweepPlan, ctx: SweepContext) -> SweepResult:
     """Count the trials, close the parent run, print the summary table."""
-    try:  # trials that never reported have an empty Result.config: take it from the trial objects
-        configs = {os.path.basename(t.path): t.config for t in results._experiment_analysis.trials}
-    except Exception:
-        configs = {}
+    configs = trial_configs(results)  # trials that never reported have an empty Result.config
     searched = list(ctx.searched)
     rows, errors, unfinished, reasons = [], 0, 0, []
     for r in results:

@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 from ray import tune
 
+from .ray_compat import STORAGE_LOGGER, joining_function_trainable
 from .space import SweepContext, trial_label, trial_run_config
 from .tracking import TrialInfo, TrialLogger
 
@@ -93,23 +94,11 @@ def make_trainable(context: SweepContext, train_fn: Callable[..., dict[str, Any]
     """The trainable of one sweep: Tune's function trainable of ``run_trial``, whose ``cleanup`` waits for
     the training thread to end (a stopped trial ends cleanly, see the module doc). Its Tune name is
     ``bigbatch_trial``. ``train_fn`` defaults to ``bigbatch.train.train`` (tests may inject another)."""
-    from ray.train._internal.session import get_session
-    from ray.tune.trainable.function_trainable import wrap_function
 
     def bigbatch_trial(params: dict[str, Any]) -> None:
         run_trial(context, params, train_fn)
 
-    class BigbatchTrial(wrap_function(bigbatch_trial)):  # _name: "bigbatch_trial", as the sweeps always had
-        def cleanup(self):
-            session = get_session()
-            thread = session.training_thread if session is not None and session.training_started else None
-            try:
-                super().cleanup()  # signals the thread (SystemExit at its next report) without waiting
-            finally:
-                if thread is not None and thread.is_alive():
-                    thread.join(timeout=STOP_JOIN_S)
-
-    return BigbatchTrial
+    return joining_function_trainable(bigbatch_trial, STOP_JOIN_S)  # Tune name "bigbatch_trial", as always
 
 
 def run_trial(context: SweepContext, params: dict[str, Any], train_fn: Callable[..., dict[str, Any]] | None = None) -> None:
@@ -121,7 +110,7 @@ def run_trial(context: SweepContext, params: dict[str, Any], train_fn: Callable[
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     # one "Checkpoint successfully created" line per epoch and trial would drown the trial table
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    logging.getLogger(STORAGE_LOGGER).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ... at http://...", once per trial
 
     sys.unraisablehook = exit_on_unraisable_system_exit  # Ray's SIGTERM ends the actor quietly (module doc)
