@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import markdown
 import pandas as pd
 
-from bigbatch.config import OneLineArgumentParser
+from bigbatch.config import DEFAULTS, OneLineArgumentParser, keys_with_role
 from bigbatch.experiments import PAPER_TABLE, TABLE_EXPERIMENTS, eq2_factor, load_experiment
 from bigbatch.schema import EXPERIMENT_PREFIX, ROLE_SWEEP, STATUSES, default_tracking_uri
 
@@ -35,7 +35,8 @@ from .table import (Table, build_tables, fmt_num, fmt_value, markdown_table, pap
                     render_markdown, table_runs)
 
 PAPER_SECONDS_PER_EPOCH_BS32 = 72 * 60 / 100  # the paper: 100 epochs at batch size 32 took 72 minutes
-PAPER_SCALE = {"epochs": 100, "train_subset": 0, "width_mult": 1.0, "val_size": 10000}
+# the keys that scale the paper's setting down (role "scale"), at their defaults: the paper's values
+PAPER_SCALE = {k: getattr(DEFAULTS, k) for k in sorted(keys_with_role("scale"))}
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1180px;
        margin: 2em auto; padding: 0 1em; color: #1f2328; line-height: 1.5; }

@@ -33,9 +33,9 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from bigbatch.config import OneLineArgumentParser
+from bigbatch.config import OneLineArgumentParser, keys_with_role
 from bigbatch.experiments import EXPERIMENTS, PAPER_BATCH_SIZES, PAPER_TABLE, TABLE_EXPERIMENTS, load_experiment
-from bigbatch.schema import FINISHED, ROLE_SWEEP, mlflow_experiment
+from bigbatch.schema import DERIVED_PARAMS, FINISHED, ROLE_SWEEP, mlflow_experiment
 
 from . import lr_grid
 from .cli import add_common_args, load_selected_runs, run_cli
@@ -59,11 +59,9 @@ DECLARED = {e: load_experiment(e) for e in TABLE_EXPERIMENTS}
 SEARCH_KEYS = frozenset(k for e in EXPERIMENTS for k in load_experiment(e).search)  # lr-grid's lr too
 # The value the paper's row used for each searched key: the experiment's declared config (exp5: factor_lr 10).
 PAPER_ROW_SETTING = {e: {k: exp.config.get(k) for k in exp.search} for e, exp in DECLARED.items()}
-# Config keys that never define a nuisance setting: identity, bookkeeping, values derived from others.
-NOT_NUISANCE = frozenset({
-    "seed", "experiment", "recipe", "dataset", "batch_size", "data_dir", "download", "device", "precision",
-    "compile", "deterministic", "eval_batch_size", "scaled_lr", "scaled_factor_lr", "total_epochs",
-})
+# Config keys that never define a nuisance setting: the table's own axes (seed, batch size), the keys that
+# name runs or split tables, bookkeeping and measurements (their roles: bigbatch.config.ROLES), derived values.
+NOT_NUISANCE = keys_with_role("identity", "bookkeeping", "measurement") | {"seed", "batch_size"} | set(DERIVED_PARAMS)
 
 
 # ---------------------------------------------------------------------------------------- formatting

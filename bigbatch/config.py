@@ -48,6 +48,26 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+# What each key is for, declared once on the field (``role(...)``; a plain default is a "result" key).
+# Every list of keys elsewhere derives from these roles (``keys_with_role``): the keys a resume may change
+# (bookkeeping), the keys Table I never chooses between (identity, bookkeeping, measurement), the keys the
+# report compares with the paper's setting (scale), and the README key table's role column.
+ROLES: dict[str, str] = {
+    "result": "changes what a run computes: runs that differ in it are different settings",
+    "scale": "a result key that scales the paper's setting down; its default is the paper's value",
+    "identity": "names the run or splits tables (experiment, recipe, dataset): never chosen between",
+    "bookkeeping": "where and how a run executes, not what it computes: a resume may change it",
+    "measurement": "measured beside training, never changes it (tested bit for bit)",
+}
+
+
+def role(name: str, default: Any) -> Any:
+    """A field default with its role (see ROLES)."""
+    if name not in ROLES:
+        raise ValueError(f"unknown role {name!r}; roles: {', '.join(ROLES)}")
+    return dataclasses.field(default=default, metadata={"role": name})
+
+
 # Allowed values of the enumerated keys: one table, used by validation and by the README.
 CHOICES: dict[str, tuple[str, ...]] = {
     "recipe": ("text", "authors-code"),
@@ -67,23 +87,23 @@ CHOICES: dict[str, tuple[str, ...]] = {
 @dataclass(frozen=True)
 class RunConfig:
     # ---- identity (recorded with every run; no effect on training) ----
-    experiment: str = "custom"  # experiment name: exp1..exp6, or "custom"
-    recipe: str = "text"  # "text" (the paper's words) | "authors-code" (what its code did)
+    experiment: str = role("identity", "custom")  # experiment name: exp1..exp6, or "custom"
+    recipe: str = role("identity", "text")  # "text" (the paper's words) | "authors-code" (what its code did)
 
     # ---- data ----
-    dataset: str = "cifar10"  # cifar10 | cifar100 | fashion-mnist | synthetic
-    data_dir: str = "data"  # directory holding (or receiving) the dataset files
-    download: bool = True  # download CIFAR or Fashion-MNIST when missing (torchvision: URL + md5); False: fail if missing
-    val_size: int = 10000  # images held out of the training set for validation (paper: 10k of 50k)
+    dataset: str = role("identity", "cifar10")  # cifar10 | cifar100 | fashion-mnist | synthetic
+    data_dir: str = role("bookkeeping", "data")  # directory holding (or receiving) the dataset files
+    download: bool = role("bookkeeping", True)  # download CIFAR or Fashion-MNIST when missing (torchvision: URL + md5); False: fail if missing
+    val_size: int = role("scale", 10000)  # images held out of the training set for validation (paper: 10k of 50k)
     split_seed: int = 42  # seed of the train/val split (42 in the authors' code)
-    train_subset: int = 0  # use only the first N training images after the split; 0 = all
+    train_subset: int = role("scale", 0)  # use only the first N training images after the split; 0 = all
     synthetic_size: int = 1024  # synthetic dataset only: images in its training pool (test set: a quarter)
 
     # ---- optimisation ----
     batch_size: int = 32  # images per SGD step
-    epochs: int = 100  # epochs at base_batch_size (see epochs_scaling)
+    epochs: int = role("scale", 100)  # epochs at base_batch_size (see epochs_scaling)
     epochs_scaling: str = "none"  # none | linear: epochs * batch_size / base_batch_size (experiment 2)
-    epoch_scale: float = 1.0  # multiplies every epoch count (epochs after epochs_scaling, warmup_epochs, milestones, cyclic_step_epochs): fractional epochs become steps; 1 = the paper
+    epoch_scale: float = role("scale", 1.0)  # multiplies every epoch count (epochs after epochs_scaling, warmup_epochs, milestones, cyclic_step_epochs): fractional epochs become steps; 1 = the paper
     lr: float = 0.01  # learning rate at base_batch_size (see lr_scaling)
     base_batch_size: int = 32  # the batch size that lr, epochs and factor_lr are quoted at
     lr_scaling: str = "none"  # none | linear (eq. 1: lr * bs / base) | sqrt (lr * sqrt(bs / base))
@@ -109,7 +129,7 @@ class RunConfig:
     norm: str = "none"  # none | batch | ghost (feature extractor only)
     virtual_batch_size: int = 32  # ghost: images per group of a full batch; every batch, the short last one too, is cut into batch_size // this groups (authors' code)
     bn_momentum: float = 0.99  # running-stat update, PyTorch convention: weight of the new batch (authors' code; the text is silent)
-    width_mult: float = 1.0  # channel multiplier of the convolutions (tests use narrow models)
+    width_mult: float = role("scale", 1.0)  # channel multiplier of the convolutions (tests use narrow models)
     dropout: float = 0.5  # classifier dropout probability (authors' code; the text is silent)
     init: str = "authors"  # Linear layers: authors (the authors' code: normal(0, 0.01), bias 0; the text is silent) | torch (PyTorch's default: kaiming-uniform weights, uniform biases); convolutions are kaiming-normal fan_out in both
 
@@ -124,18 +144,18 @@ class RunConfig:
 
     # ---- the loop ----
     drop_last: bool = False  # drop the last partial batch of each epoch (authors' code kept it; the text is silent)
-    eval_batch_size: int = 1000  # images per evaluation step (no effect on results)
+    eval_batch_size: int = role("bookkeeping", 1000)  # images per evaluation step (no effect on results)
     seed: int = 0  # seed of initialisation, data order and augmentation
     precision: str = "fp32"  # fp32 (authors' code; the text is silent) | bf16 (autocast: faster on GPUs; its cost in bench/RESULTS.md)
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    compile: bool = False  # torch.compile the model (pays off only for long runs on a GPU)
+    device: str = role("bookkeeping", "auto")  # auto (cuda if available) | cpu | cuda | cuda:N
+    compile: bool = role("bookkeeping", False)  # torch.compile the model (pays off only for long runs on a GPU)
     deterministic: bool = False  # deterministic algorithms on GPU (slower); CPU is always deterministic
 
     # ---- measurements (bigbatch.measure): logged beside the run, never change its training ----
-    gns_images: int = 1024  # gradient noise scale: images per probe, in >= 2 batches of batch_size (0 = off); cost about max(gns_images, 2 bs) / n_train of an epoch
-    gns_every: int = 2  # epochs between gradient-noise-scale probes (2: at most ~3.7 % of training at the paper's scale, bench/RESULTS.md)
-    sharpness_images: int = 1000  # Hessian top eigenvalue of the best model on this many training images (0 = off); cost about 1-2 epochs of those images
-    sharpness_iters: int = 20  # power-iteration steps (Hessian-vector products) for the sharpness
+    gns_images: int = role("measurement", 1024)  # gradient noise scale: images per probe, in >= 2 batches of batch_size (0 = off); cost about max(gns_images, 2 bs) / n_train of an epoch
+    gns_every: int = role("measurement", 2)  # epochs between gradient-noise-scale probes (2: at most ~3.7 % of training at the paper's scale, bench/RESULTS.md)
+    sharpness_images: int = role("measurement", 1000)  # Hessian top eigenvalue of the best model on this many training images (0 = off); cost about 1-2 epochs of those images
+    sharpness_iters: int = role("measurement", 20)  # power-iteration steps (Hessian-vector products) for the sharpness
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -325,12 +345,26 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def key_role(key: str) -> str:
+    """The role of a RunConfig key (ROLES); fields without one are "result" keys."""
+    f = {f.name: f for f in fields(RunConfig)}[key]
+    return f.metadata.get("role", "result")
+
+
+def keys_with_role(*names: str) -> frozenset[str]:
+    """The RunConfig keys whose role is one of ``names``."""
+    bad = [n for n in names if n not in ROLES]
+    if bad:
+        raise ValueError(f"unknown role {bad[0]!r}; roles: {', '.join(ROLES)}")
+    return frozenset(f.name for f in fields(RunConfig) if key_role(f.name) in names)
+
+
 DEFAULTS = RunConfig()
-__all__ = ["RunConfig", "ConfigError", "whole_epochs", "OneLineArgumentParser", "CHOICES", "DEFAULTS", "read_json", "parse_set"]
+__all__ = ["RunConfig", "ConfigError", "ROLES", "key_role", "keys_with_role", "whole_epochs", "OneLineArgumentParser", "CHOICES", "DEFAULTS", "read_json", "parse_set"]
 
 
 def reference_table() -> str:
-    """Markdown table of every key: name, default, and the comment written beside it in this file.
+    """Markdown table of every key: name, default, role (ROLES), and the comment written beside it in this file.
 
     The README embeds this table; a test checks that every key is documented there.
     """
@@ -341,10 +375,10 @@ def reference_table() -> str:
         name, sep, rest = line.strip().partition(":")
         if sep and "#" in rest and name.isidentifier():
             comments[name] = rest.split("#", 1)[1].strip()
-    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    rows = ["| key | default | role | meaning |", "| --- | --- | --- | --- |"]
     for f in fields(RunConfig):
         default = json.dumps(DEFAULTS.to_dict()[f.name])
-        rows.append(f"| `{f.name}` | `{default}` | {comments.get(f.name, '').replace('|', '/')} |")
+        rows.append(f"| `{f.name}` | `{default}` | {key_role(f.name)} | {comments.get(f.name, '').replace('|', '/')} |")
     return "\n".join(rows)
 
 

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .config import DEFAULTS, ConfigError, OneLineArgumentParser, RunConfig
+from .config import DEFAULTS, ConfigError, OneLineArgumentParser, RunConfig, keys_with_role
 from .data import Augmenter, DataError, DataSplits, DeviceDataset, epoch_order, load_data, require_batch_fits
 from .measure import NoiseScaleProbe, sharpness
 from .model import build_model
@@ -44,7 +44,7 @@ from .schedules import lr_schedule, momentum_schedule
 CHECKPOINT = "last.pt"
 BEST_MODEL = "best_model.pt"
 # Keys that may differ between a checkpoint and the config resuming it (they do not change results).
-RESUME_FREE_KEYS = frozenset({"device", "data_dir", "download", "eval_batch_size", "compile"})
+RESUME_FREE_KEYS = keys_with_role("bookkeeping")  # where and how a run executes (bigbatch.config.ROLES)
 
 
 class TrainingError(RuntimeError):

@@ -1,4 +1,5 @@
 """RunConfig validation, JSON round trips, and the experiment declarations (one source of truth)."""
+import dataclasses
 import json
 import math
 
@@ -240,3 +241,26 @@ def test_whole_epochs_rounds_half_up():
 
     cases = [(0, 0), (0.0, 0), (1e-9, 1), (0.2, 1), (0.5, 1), (1.0, 1), (1.4999, 1), (1.5, 2), (2.5, 3), (30 * 0.3, 9), (30 * 0.1, 3), (7.5, 8)]
     assert [whole_epochs(x) for x, _ in cases] == [w for _, w in cases]
+
+
+def test_every_key_has_one_role_and_the_key_lists_derive_from_them():
+    """Roles are declared once on the fields; the resume check, the table's non-nuisance keys and the
+    report's paper-scale keys are derived (they used to be three hand-kept lists that disagreed)."""
+    import pandas as pd
+
+    from analysis.report import PAPER_SCALE, deviations
+    from analysis.table import NOT_NUISANCE
+    from bigbatch.config import ROLES, key_role, keys_with_role
+    from bigbatch.train import RESUME_FREE_KEYS
+
+    keys = [f.name for f in dataclasses.fields(RunConfig)]
+    assert all(key_role(k) in ROLES for k in keys)
+    assert set().union(*(keys_with_role(r) for r in ROLES)) == set(keys)
+    assert RESUME_FREE_KEYS == keys_with_role("bookkeeping") and "device" in RESUME_FREE_KEYS and "lr" not in RESUME_FREE_KEYS
+    assert {"gns_images", "sharpness_iters", "dataset", "recipe", "eval_batch_size"} <= NOT_NUISANCE
+    assert not {"precision", "deterministic", "init", "lr", "factor_lr"} & NOT_NUISANCE  # these change results
+    assert PAPER_SCALE["epoch_scale"] == 1.0 and PAPER_SCALE["width_mult"] == 1.0 and PAPER_SCALE["epochs"] == 100
+    lines = deviations(pd.DataFrame({"epoch_scale": [0.1, 0.1], "width_mult": [0.125, 0.125], "dataset": ["cifar10"] * 2}))
+    assert any(line.startswith("`epoch_scale` = 0.1") for line in lines) and any("width_mult" in line for line in lines)
+    with pytest.raises(ValueError, match="unknown role 'resultz'"):
+        keys_with_role("resultz")
