@@ -167,7 +167,15 @@ def store_rows(name: str, store: Path) -> tuple[list[dict], object, str]:
     lr = grid_pick(out_of(store, name))
     keys = VARIANTS[name]["keys"]
     rows = []
+    from bigbatch.experiments import load_experiment
+
+    def complete(row: str) -> bool:  # every batch size of the row with the preset's seeds (a run cut short: no)
+        sizes = load_experiment(row.removesuffix("-best")).batch_sizes
+        return all((c := table.cell(row, b)) is not None and c.n_seeds >= MINI.seeds for b in sizes)
+
     for (row, bs), c in sorted(table.cells.items(), key=lambda kv: (table.all_rows.index(kv[0][0]), kv[0][1])):
+        if not complete(row):
+            continue
         rows.append({"variant": name, "init": keys.get("init", "authors"), "epoch_scale": keys.get("epoch_scale", 0.1),
                      "lr_scaling": keys.get("lr_scaling", "experiment's"), "base_lr": lr, "row": row, "batch_size": bs,
                      "steps": steps(row, bs, {k: v for k, v in keys.items() if k != "lr_scaling"}),
@@ -213,8 +221,12 @@ def summarize(out: Path, to: Path) -> int:
         rows += got
         if table is not None:
             log = json.loads((store / "levers.json").read_text()) if (store / "levers.json").exists() else []
-            parts.append(f"## {name}: {' '.join(sets(VARIANTS[name]['keys']))}, base lr {got[0]['base_lr']:g}\n")
+            parts.append(f"## {name}: {' '.join(sets(VARIANTS[name]['keys']))}, base lr {grid_pick(out_of(store, name)):g}\n")
             parts.append(render_markdown([table], paper=True, heading_level=3))
+            done = sorted({r["row"] for r in got})
+            partial = sorted({r for r, _ in table.cells} - set(done))
+            if partial:
+                parts.append(f"Rows not finished (left out of summary.csv): {', '.join(partial)}.\n")
             parts.append(grid_md)
             parts += [f"- {s['step']}: `{s['command']}`, started {s['started']}, commit {s['commit'][:7]}, "
                       f"{s['wall_s'] / 60:.1f} min, exit {s['exit']}" for s in log]
