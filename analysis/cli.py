@@ -17,20 +17,21 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db, as the sweeps)")
     p.add_argument("--dataset", default=None, help="only runs on this dataset (default: every dataset, one table each)")
+    p.add_argument("--model", default=None, help="only runs of this model (default: every model, one table each)")
     p.add_argument("--recipe", default=None, help="only runs of this recipe: text | authors-code (default: each)")
     p.add_argument("--sweep", action="append", default=None, metavar="NAME",
                    help="only runs of this sweep (the MLflow parent run name; repeatable; default: every sweep)")
 
 
 def load_selected_runs(tracking_uri: str | None, dataset: str | None = None, recipe: str | None = None,
-                       sweeps: Sequence[str] | None = None) -> pd.DataFrame:
+                       sweeps: Sequence[str] | None = None, model: str | None = None) -> pd.DataFrame:
     """load_runs + the CLI filters, with a one-line error naming what the store has when nothing matches."""
     uri = tracking_uri or default_tracking_uri()
     everything = load_runs(uri)
     if not len(everything):
         raise AnalysisError(f"no bigbatch runs in {uri} (MLflow experiments named {EXPERIMENT_PREFIX}*)")
     runs = everything
-    for key, value in (("dataset", dataset), ("recipe", recipe), ("sweep", sweeps)):
+    for key, value in (("dataset", dataset), ("model", model), ("recipe", recipe), ("sweep", sweeps)):
         if value is not None:
             values = list(value) if isinstance(value, (list, tuple)) else [value]
             runs = runs[runs[key].isin(values)]

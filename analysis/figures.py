@@ -11,10 +11,13 @@ Writes PNGs (matplotlib, Agg):
 - ``factor_lr_vs_batch_size.png``: the best CyclicLR factor at each batch size (``scaled_factor_lr``, the
   factor after eq. 2, a param of every run) found by the Optuna search (and by exp5's grid) against
   eq. 2, f = 10 * sqrt(32 / bs); only when such runs exist.
-With several (dataset, recipe) in the store, every name gets a ``_<dataset>_<recipe>`` suffix.
+With several (dataset, model, recipe) in the store, every name gets a ``_<dataset>_<recipe>`` suffix
+(``_<dataset>_<model>_<recipe>`` for a model other than vgg13).
 """
 
 from __future__ import annotations
+
+import re
 
 import math
 import sys
@@ -46,7 +49,7 @@ EXP_COLORS = dict(zip(TABLE_EXPERIMENTS, plt.get_cmap("tab10").colors))
 
 
 def _suffix(table: Table, several: bool) -> str:
-    return f"_{table.dataset}_{table.recipe}" if several else ""
+    return "".join("_" + re.sub(r"[^\w.-]", "-", part) for part in table.parts) if several else ""
 
 
 def chosen_run_ids(tables: Sequence[Table]) -> list[str]:
@@ -149,7 +152,7 @@ def plot_test_vs_batch(tables: Sequence[Table], path: Path) -> Path | None:
             ys += [row[b] for b in bss]
             best_row = e.endswith(BEST_SUFFIX)
             color = EXP_COLORS.get(e.removesuffix(BEST_SUFFIX), "0.4")
-            label = t.labels[e] + (f" [{t.dataset}, {t.recipe}]" if several else "")
+            label = t.labels[e] + (f" [{', '.join(t.parts)}]" if several else "")
             stds = [t.cell(e, b).test_std or 0.0 for b in bss]
             ax.errorbar(bss, [row[b] for b in bss], yerr=stds if any(stds) else None, color=color,
                         ls=styles[ti % len(styles)], marker="D" if best_row else "o", ms=5,

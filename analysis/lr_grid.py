@@ -2,7 +2,7 @@
 
 The paper chose lr 0.01 by a grid search on the baseline (exp1) at batch size 32. The declared
 experiment ``lr-grid`` runs that grid (``python -m sweeps.lr_grid``); it is not a Table I row. Here,
-per (dataset, recipe, batch size): per lr, the mean best validation accuracy and test accuracy over
+per (dataset, model, recipe, batch size): per lr, the mean best validation accuracy and test accuracy over
 its finished runs, the lr chosen by validation accuracy (test accuracy takes no part), beside the
 paper's choice. ``python -m analysis.table`` prints it when such runs exist; the report includes it.
 """
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bigbatch.config import RunConfig
 from bigbatch.schema import FINISHED, ROLE_SWEEP, mlflow_experiment
 
 LR_GRID = "lr-grid"  # the declared experiment (bigbatch/configs/lr-grid.json); MLflow: bigbatch-lr-grid
 PAPER_LR = 0.01  # the paper's choice (the base lr of every experiment, at batch size 32)
-GROUP = ["dataset", "recipe", "batch_size"]
+GROUP = ["dataset", "model", "recipe", "batch_size"]
 COLUMNS = [*GROUP, "lr", "n_runs", "n_diverged", "best_val_acc", "best_val_std", "test_acc", "test_std", "chosen"]
 
 
@@ -28,11 +29,13 @@ def grid_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, recipe, batch size, lr) of the grid (see COLUMNS); ``chosen``: the lr with the
+    """One row per (dataset, model, recipe, batch size, lr) of the grid (see COLUMNS); ``chosen``: the lr with the
     best mean best_val_acc of its group (a missing value counts as 0; ties: more runs, then the smaller lr)."""
     grid = grid_runs(runs)
     if not len(grid):
         return pd.DataFrame(columns=COLUMNS)
+    if "model" not in grid:  # a frame of runs logged before the model key: the default model
+        grid = grid.assign(model=RunConfig.model)
     grid = grid.assign(diverged=grid["status"] == "diverged", val=grid["best_val_acc"].fillna(0.0))
     out = (grid.groupby([*GROUP, "lr"], dropna=False)
            .agg(n_runs=("run_id", "size"), n_diverged=("diverged", "sum"), best_val_acc=("best_val_acc", "mean"),
@@ -51,11 +54,11 @@ def _mean_std(mean: float, std: float | None) -> str:
 
 
 def render_markdown(summary: pd.DataFrame, heading_level: int = 3) -> str:
-    """One small table per (dataset, recipe, batch size), then the chosen lr beside the paper's."""
+    """One small table per (dataset, model, recipe, batch size), then the chosen lr beside the paper's."""
     parts = []
-    for (dataset, recipe, bs), g in summary.groupby(GROUP, dropna=False, sort=True):
+    for (dataset, model, recipe, bs), g in summary.groupby(GROUP, dropna=False, sort=True):
         parts.append("#" * heading_level + f" Learning-rate grid: exp1 at batch size {bs} "
-                     f"(dataset={dataset}, recipe={recipe})\n")
+                     f"(dataset={dataset}, model={model}, recipe={recipe})\n")
         text = pd.DataFrame({
             "lr": [f"{v:g}" for v in g["lr"]],
             "runs": [f"{n}" + (f" ({d} diverged)" if d else "") for n, d in zip(g["n_runs"], g["n_diverged"])],

@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bigbatch.config import RunConfig
+from bigbatch.datasets import DATASETS
 from bigbatch.schema import (BEST_MODEL, CONFIG_ARTIFACT, LOGGED_MODEL_NAME, REGISTRY_ALIAS, TAG_CELL,
                              default_tracking_uri,
                              registered_model_name)
 
 from .runs import AnalysisError, check_tracking_uri, mlflow_session, one_line
 
-# (num_classes, in_channels) of the datasets that differ from CIFAR-10's (10, 3)
-DATASET_SHAPE = {"cifar100": (100, 3), "fashion-mnist": (10, 1)}
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def build_from_run(client, run_id: str, dest: Path):
     cfg_path = client.download_artifacts(run_id, CONFIG_ARTIFACT, str(dest))
     weights = client.download_artifacts(run_id, BEST_MODEL, str(dest))
     cfg = RunConfig.from_dict(json.loads(Path(cfg_path).read_text()))
-    num_classes, in_channels = DATASET_SHAPE.get(cfg.dataset, (10, 3))
+    num_classes, in_channels, _ = DATASETS[cfg.dataset].shape
     model = build_model(cfg, num_classes, in_channels)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.eval(), cfg
@@ -128,7 +127,7 @@ def register_tables(tables: Sequence, runs, tracking_uri: str | None = None, ali
                                               float(run["test_acc"]), False))
                         continue
                     model, cfg = build_from_run(client, run["run_id"], Path(tmp) / run["run_id"])
-                    version = _log_model(uri, run["run_id"], name, model, DATASET_SHAPE.get(cfg.dataset, (10, 3))[1])
+                    version = _log_model(uri, run["run_id"], name, model, DATASETS[cfg.dataset].in_channels)
                     client.set_registered_model_alias(name, alias, version)
                     client.set_model_version_tag(name, version, TAG_CELL, f"{row} bs={bs}")
                     out.append(Registered(name, version, run["run_id"], float(run["best_val_acc"]), float(run["test_acc"]), True))

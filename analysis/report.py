@@ -228,7 +228,7 @@ def build_report(runs: pd.DataFrame, tables: Sequence[Table], history: pd.DataFr
         rows = [["experiment", "batch size", "chosen", "searched", "seeds", "best val. acc.", "test acc."]]
         for t, c in chosen:
             searched = "; ".join(f"{k}: {', '.join(fmt_value(v) for v in vs)}" for k, vs in c.searched.items())
-            rows.append([c.row + (f" [{t.dataset}, {t.recipe}]" if len(tables) > 1 else ""),
+            rows.append([c.row + (f" [{', '.join(t.parts)}]" if len(tables) > 1 else ""),
                          str(c.batch_size), _setting_text(c.setting) + (" (edge)" if c.edge else ""), searched,
                          str(c.n_seeds), fmt_num(c.best_val_acc), fmt_num(c.test_acc)])
         add(md_table(rows, "lrllrrr") + "\n")

@@ -265,6 +265,9 @@ def tidy_runs(raw: pd.DataFrame, experiment_names: dict[str, str]) -> pd.DataFra
     for key in ("factor_lr", "scaled_factor_lr", "scaled_lr"):
         if key not in out:
             out[key] = pd.Series(float("nan"), index=index, dtype="float64")
+    # a trial logged before the model key existed trained the default model; tables split on it (identity)
+    model = out["model"] if "model" in out else pd.Series(None, index=index, dtype=object)
+    out["model"] = model.astype(object).where(model.notna() | (out["role"] == ROLE_SWEEP), RunConfig.model)
     df = pd.DataFrame(out, index=index)
     return df[list(COLUMNS) + sorted(set(df.columns) - set(COLUMNS))].reset_index(drop=True)
 

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from bigbatch.config import OneLineArgumentParser, keys_with_role
+from bigbatch.config import OneLineArgumentParser, RunConfig, keys_with_role
 from bigbatch.experiments import EXPERIMENTS, PAPER_BATCH_SIZES, PAPER_TABLE, TABLE_EXPERIMENTS, load_experiment
 from bigbatch.schema import DERIVED_PARAMS, FINISHED, ROLE_SWEEP, mlflow_experiment
 
@@ -165,6 +165,7 @@ class Table:
     cells: dict[tuple[str, int], Cell]
     extra_rows: list[str] = field(default_factory=list)  # best-by-validation rows, e.g. ["exp5-best"]
     unfinished_only: dict[tuple[str, int], int] = field(default_factory=dict)  # cells with runs, none finished
+    model: str | None = RunConfig.model  # the model key: a table never mixes models (nor datasets, recipes)
 
     @property
     def all_rows(self) -> list[str]:
@@ -219,8 +220,15 @@ class Table:
         return out
 
     @property
+    def parts(self) -> list[str]:
+        """What tells this table from another of the same store: dataset, the model where it is not the
+        default, recipe (figure labels and file-name suffixes)."""
+        model = [] if self.model == RunConfig.model else [str(self.model)]
+        return [str(self.dataset), *model, str(self.recipe)]
+
+    @property
     def title(self) -> str:
-        return f"dataset={self.dataset}, recipe={self.recipe}"
+        return f"dataset={self.dataset}, model={self.model}, recipe={self.recipe}"
 
 
 # ---------------------------------------------------------------------------------------- building
@@ -305,19 +313,19 @@ def build_table(
     dataset: str | None = None,
     recipe: str | None = None,
     batch_sizes: Sequence[int] | None = None,
+    model: str | None = None,
 ) -> Table:
-    """Table I for one (dataset, recipe). With several in ``runs``, name them (or use build_tables)."""
+    """Table I for one (dataset, model, recipe). With several in ``runs``, name them (or use build_tables)."""
     runs = table_runs(runs)
-    if dataset is not None:
-        runs = runs[runs["dataset"] == dataset]
-    if recipe is not None:
-        runs = runs[runs["recipe"] == recipe]
-    combos = sorted({(d, r) for d, r in zip(runs["dataset"], runs["recipe"])}, key=str) if len(runs) else []
+    for key, value in (("dataset", dataset), ("model", model), ("recipe", recipe)):
+        if value is not None:
+            runs = runs[runs[key] == value]
+    combos = table_keys(runs)
     if len(combos) > 1:
-        raise AnalysisError("the runs mix " + "; ".join(f"dataset={d} recipe={r}" for d, r in combos)
-                            + ": choose one with --dataset/--recipe")
+        raise AnalysisError("the runs mix " + "; ".join(f"dataset={d} model={m} recipe={r}" for d, m, r in combos)
+                            + ": choose one with --dataset/--model/--recipe")
     if combos:
-        dataset, recipe = combos[0]
+        dataset, model, recipe = combos[0]
     seen = sorted({int(b) for b in runs["batch_size"].dropna()}) if len(runs) else []
     cols = sorted(set(batch_sizes if batch_sizes is not None else PAPER_BATCH_SIZES) | set(seen))
     labels = {e: DECLARED[e].label for e in TABLE_EXPERIMENTS}
@@ -344,14 +352,22 @@ def build_table(
                     unfinished_only[(row, bs)] = len(cell_runs)
                     continue
                 cells[(row, bs)] = _cell(row, exp, bs, finished, len(cell_runs) - len(finished))
-    return Table(dataset, recipe, cols, list(TABLE_EXPERIMENTS), labels, cells, extra_rows, unfinished_only)
+    return Table(dataset, recipe, cols, list(TABLE_EXPERIMENTS), labels, cells, extra_rows, unfinished_only,
+                 model or RunConfig.model)
+
+
+def table_keys(runs: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """The (dataset, model, recipe) combinations among ``runs``: one table each (identity keys, never chosen between)."""
+    if not len(runs):
+        return []
+    models = runs["model"] if "model" in runs else pd.Series(RunConfig.model, index=runs.index)
+    return sorted({(d, m, r) for d, m, r in zip(runs["dataset"], models, runs["recipe"])}, key=str)
 
 
 def build_tables(runs: pd.DataFrame, batch_sizes: Sequence[int] | None = None) -> list[Table]:
-    """One Table per (dataset, recipe) present among the Table I runs."""
+    """One Table per (dataset, model, recipe) present among the Table I runs."""
     runs = table_runs(runs)
-    combos = sorted({(d, r) for d, r in zip(runs["dataset"], runs["recipe"])}, key=str) if len(runs) else []
-    return [build_table(runs, d, r, batch_sizes) for d, r in combos]
+    return [build_table(runs, d, r, batch_sizes, model=m) for d, m, r in table_keys(runs)]
 
 
 # ---------------------------------------------------------------------------------------- frames
@@ -406,7 +422,7 @@ def number_frame(tables: Sequence[Table], paper: bool = False) -> pd.DataFrame:
     records = []
     for t in tables:
         for r in t.all_rows:
-            rec: dict[str, Any] = {"dataset": t.dataset, "recipe": t.recipe, "experiment": r.removesuffix(BEST_SUFFIX),
+            rec: dict[str, Any] = {"dataset": t.dataset, "model": t.model, "recipe": t.recipe, "experiment": r.removesuffix(BEST_SUFFIX),
                                    "row": r, "label": t.labels[r]}
             for b in bss:
                 c = t.cell(r, b)
@@ -440,7 +456,7 @@ def table_record(t: Table) -> dict[str, Any]:
             "paper": {str(b): paper_cell(r, b)[0] for b in t.batch_sizes},
             "paper_spread": paper_spread(r) if paper_row else None, "paper_gap": paper_gap(r) if paper_row else None,
         })
-    return {"dataset": t.dataset, "recipe": t.recipe, "batch_sizes": t.batch_sizes, "rows": rows,
+    return {"dataset": t.dataset, "model": t.model, "recipe": t.recipe, "batch_sizes": t.batch_sizes, "rows": rows,
             "warnings": t.warnings(), "notes": t.notes()}
 
 
@@ -529,7 +545,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = p.parse_args(list(argv) if argv is not None else None)
 
     def body():
-        runs = load_selected_runs(args.tracking_uri, args.dataset, args.recipe, args.sweep)
+        runs = load_selected_runs(args.tracking_uri, args.dataset, args.recipe, args.sweep, args.model)
         tables = build_tables(runs)
         grid = lr_grid.summarize(runs)
         if not tables and not len(grid):

@@ -17,9 +17,12 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+
+from .datasets import DATASETS
 
 
 def eq2(factor_lr: float, base_batch_size: float, batch_size: float) -> float:
@@ -71,7 +74,7 @@ def role(name: str, default: Any) -> Any:
 # Allowed values of the enumerated keys: one table, used by validation and by the README.
 CHOICES: dict[str, tuple[str, ...]] = {
     "recipe": ("text", "authors-code"),
-    "dataset": ("cifar10", "cifar100", "fashion-mnist", "synthetic"),
+    "dataset": tuple(DATASETS),  # bigbatch/datasets.py
     "epochs_scaling": ("none", "linear"),
     "lr_scaling": ("none", "linear", "sqrt"),
     "schedule": ("constant", "warmup_step", "cyclic"),
@@ -84,6 +87,23 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The built-in models (their builders: bigbatch.model.MODELS, which must name the same ones) -> the model keys
+# each reads. A model key a model does not read must keep its default: refused otherwise, never silently dropped.
+# "package.module:function" is a user's own model (README, "Add your own model"): it reads the keys its
+# function takes (bigbatch.model.build_model).
+MODEL_KEYS = ("width_mult", "dropout", "init")
+BUILTIN_MODELS: dict[str, tuple[str, ...]] = {
+    "vgg13": MODEL_KEYS, "vgg11": MODEL_KEYS, "vgg16": MODEL_KEYS, "vgg19": MODEL_KEYS,
+    "resnet18": ("width_mult", "init"),
+}
+_USER_MODEL = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*")
+
+
+def is_user_model(name: str) -> bool:
+    """True for a ``package.module:function`` model name (a user's own model)."""
+    return bool(_USER_MODEL.fullmatch(name))
+
+
 @dataclass(frozen=True)
 class RunConfig:
     # ---- identity (recorded with every run; no effect on training) ----
@@ -91,7 +111,7 @@ class RunConfig:
     recipe: str = role("identity", "text")  # "text" (the paper's words) | "authors-code" (what its code did)
 
     # ---- data ----
-    dataset: str = role("identity", "cifar10")  # cifar10 | cifar100 | fashion-mnist | synthetic
+    dataset: str = role("identity", "cifar10")  # a name in bigbatch/datasets.py: cifar10 | cifar100 | fashion-mnist | synthetic
     data_dir: str = role("bookkeeping", "data")  # directory holding (or receiving) the dataset files
     download: bool = role("bookkeeping", True)  # download CIFAR or Fashion-MNIST when missing (torchvision: URL + md5); False: fail if missing
     val_size: int = role("scale", 10000)  # images held out of the training set for validation (paper: 10k of 50k)
@@ -125,7 +145,8 @@ class RunConfig:
     base_momentum: float = 0.8  # cycle_momentum: momentum at the lr peak
     max_momentum: float = 0.9  # cycle_momentum: momentum at the lr trough
 
-    # ---- model: the paper's adapted VGG13 ----
+    # ---- model: the paper's adapted VGG13 by default ----
+    model: str = role("identity", "vgg13")  # vgg13 (the paper's) | vgg11 | vgg16 | vgg19 | resnet18 (CIFAR variant) | package.module:function (your own: README, "Add your own model")
     norm: str = "none"  # none | batch | ghost (feature extractor only)
     virtual_batch_size: int = 32  # ghost: images per group of a full batch; every batch, the short last one too, is cut into batch_size // this groups (authors' code)
     bn_momentum: float = 0.99  # running-stat update, PyTorch convention: weight of the new batch (authors' code; the text is silent)
@@ -281,6 +302,14 @@ class RunConfig:
             raise ConfigError(
                 f"base_momentum={self.base_momentum} is larger than max_momentum={self.max_momentum}"
             )
+        if self.model not in BUILTIN_MODELS and not is_user_model(self.model):
+            raise ConfigError(f"model={self.model!r} is not one of: {', '.join(BUILTIN_MODELS)}, "
+                              "or package.module:function (a user's model)")
+        if self.model in BUILTIN_MODELS:
+            for key in MODEL_KEYS:
+                if key not in BUILTIN_MODELS[self.model] and getattr(self, key) != getattr(RunConfig, key):
+                    raise ConfigError(f"model={self.model} has no {key}: {key}={getattr(self, key)!r} would be ignored; "
+                                      f"leave {key} at its default ({getattr(RunConfig, key)!r})")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
 
@@ -360,7 +389,7 @@ def keys_with_role(*names: str) -> frozenset[str]:
 
 
 DEFAULTS = RunConfig()
-__all__ = ["RunConfig", "ConfigError", "ROLES", "key_role", "keys_with_role", "whole_epochs", "OneLineArgumentParser", "CHOICES", "DEFAULTS", "read_json", "parse_set"]
+__all__ = ["RunConfig", "ConfigError", "BUILTIN_MODELS", "MODEL_KEYS", "is_user_model", "ROLES", "key_role", "keys_with_role", "whole_epochs", "OneLineArgumentParser", "CHOICES", "DEFAULTS", "read_json", "parse_set"]
 
 
 def reference_table() -> str:

@@ -37,6 +37,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from .datasets import DATASETS, dataset_spec
+
 __all__ = [
     "DataError",
     "DataSplits",
@@ -51,6 +53,7 @@ __all__ = [
     "require_batch_fits",
     "DatasetInfo",
     "prepare_data",
+    "dataset_shape",
 ]
 
 
@@ -136,23 +139,15 @@ def split_indices(n_pool: int, val_size: int, split_seed: int) -> tuple[torch.Te
     return perm[: n_pool - val_size], perm[n_pool - val_size:]
 
 
-# Per-channel (mean, std) in [0, 1] units, as torchvision's Normalize takes them (std: population std
-# over all pixels of all training images). Fixed per dataset, as in the authors' code.
-NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    # the usual constants: statistics of CIFAR-10's 50k training images (the authors' Normalize)
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    # the usual constants: statistics of CIFAR-100's 50k training images
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    # computed once, in float64, over the 60k training images as the model sees them (zero-padded
-    # 28 -> 32): 0.218999832, 0.331811373 (unpadded 28x28: the usual 0.2860 / 0.3530);
-    # tests/test_data.py recomputes them when the files are present
-    "fashion-mnist": ((0.2190,), (0.3318,)),
-    # computed once, in float64, over make_synthetic(1024)'s training pool (the default synthetic_size)
-    "synthetic": ((0.4920, 0.5028, 0.5307), (0.2677, 0.2670, 0.2663)),
-}
+# Per-channel (mean, std) in [0, 1] units, as torchvision's Normalize takes them, and the training-pool sizes of
+# the official files: read from each dataset's spec (bigbatch.datasets, where the constants are explained).
+NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {n: (d.mean, d.std) for n, d in DATASETS.items()}
+NOMINAL_POOL = {n: d.pool for n, d in DATASETS.items() if d.pool is not None}
 
-# Training-pool sizes of the official files (the synthetic pool is cfg.synthetic_size).
-NOMINAL_POOL = {"cifar10": 50000, "cifar100": 50000, "fashion-mnist": 60000}
+
+def dataset_shape(cfg: Any) -> tuple[int, int, int]:
+    """(num_classes, in_channels, image_size) of ``cfg.dataset``, from its spec (no file read)."""
+    return dataset_spec(cfg.dataset).shape
 
 
 def check_sizes(cfg: Any) -> int | None:
@@ -163,9 +158,10 @@ def check_sizes(cfg: Any) -> int | None:
     sweep refuses such a config before any trial starts. Assumes the official sizes of CIFAR and
     Fashion-MNIST; None for an unknown dataset.
     """
-    pool = cfg.synthetic_size if cfg.dataset == "synthetic" else NOMINAL_POOL.get(cfg.dataset)
-    if pool is None:
+    spec = DATASETS.get(cfg.dataset)
+    if spec is None:
         return None
+    pool = spec.pool or cfg.synthetic_size
     if cfg.val_size >= pool:
         raise DataError(f"val_size={cfg.val_size} leaves no training images (the training pool has {pool})")
     n = pool - cfg.val_size
@@ -208,22 +204,9 @@ def prepare_data(cfg: Any) -> DatasetInfo:
     """
     import hashlib
 
-    root = Path(cfg.data_dir)
-    if cfg.dataset in ("cifar10", "cifar100"):
-        pool_x, pool_y, test_x, test_y, num_classes = _load_cifar(cfg.dataset, root, cfg.download)
-        from torchvision.datasets import CIFAR10, CIFAR100
-
-        source = (CIFAR10 if cfg.dataset == "cifar10" else CIFAR100).url
-    elif cfg.dataset == "fashion-mnist":
-        pool_x, pool_y, test_x, test_y, num_classes = _load_fashion_mnist(root, cfg.download)
-        from torchvision.datasets import FashionMNIST
-
-        source = FashionMNIST.mirrors[0]
-    elif cfg.dataset == "synthetic":
-        pool_x, pool_y, test_x, test_y, num_classes = make_synthetic(cfg.synthetic_size)
-        source = "synthetic"
-    else:
-        raise DataError(f"unknown dataset {cfg.dataset!r}")
+    spec, root = _spec(cfg), Path(cfg.data_dir)
+    pool_x, pool_y, test_x, test_y = spec.load(root, cfg.download, cfg)
+    source, num_classes = spec.source(), spec.num_classes
     h = hashlib.md5()
     for t in (pool_x, pool_y, test_x, test_y):
         h.update(t.contiguous().numpy().tobytes())
@@ -237,16 +220,9 @@ def load_data(cfg: Any, device: torch.device | str) -> DataSplits:
     Uses ``cfg.dataset``, ``data_dir``, ``download``, ``val_size``, ``split_seed``, ``train_subset``
     and ``synthetic_size``. Raises :class:`DataError` (one line) for anything a user must fix.
     """
-    root = Path(cfg.data_dir)
-    if cfg.dataset in ("cifar10", "cifar100"):
-        pool_x, pool_y, test_x, test_y, num_classes = _load_cifar(cfg.dataset, root, cfg.download)
-    elif cfg.dataset == "fashion-mnist":
-        pool_x, pool_y, test_x, test_y, num_classes = _load_fashion_mnist(root, cfg.download)
-    elif cfg.dataset == "synthetic":
-        pool_x, pool_y, test_x, test_y, num_classes = make_synthetic(cfg.synthetic_size)
-    else:
-        raise DataError(f"unknown dataset {cfg.dataset!r}")
-
+    spec = _spec(cfg)
+    pool_x, pool_y, test_x, test_y = spec.load(Path(cfg.data_dir), cfg.download, cfg)
+    num_classes = spec.num_classes
     train_idx, val_idx = split_indices(len(pool_y), cfg.val_size, cfg.split_seed)
     if cfg.train_subset > len(train_idx):
         raise DataError(f"train_subset={cfg.train_subset} is larger than the training split "
@@ -254,7 +230,7 @@ def load_data(cfg: Any, device: torch.device | str) -> DataSplits:
     if cfg.train_subset > 0:
         train_idx = train_idx[: cfg.train_subset]
 
-    mean, std = (torch.tensor(v) for v in NORMALISATION[cfg.dataset])
+    mean, std = torch.tensor(spec.mean), torch.tensor(spec.std)
 
     def make(x: torch.Tensor, y: torch.Tensor) -> DeviceDataset:
         return DeviceDataset(x, y, mean, std, device=device)
@@ -268,6 +244,13 @@ def load_data(cfg: Any, device: torch.device | str) -> DataSplits:
         image_size=pool_x.shape[2],
         name=cfg.dataset,
     )
+
+
+def _spec(cfg: Any):
+    try:
+        return dataset_spec(cfg.dataset)
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 def _one_line(e: BaseException) -> str:
@@ -293,7 +276,9 @@ def _download(pretty: str, root: Path, fetch: Callable[[], Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- CIFAR
-def _load_cifar(name: str, root: Path, download: bool):
+def load_cifar(name: str, root: Path, download: bool):
+    """CIFAR-10 or -100 from ``root`` (torchvision's folder; downloaded first with ``download``), md5-checked:
+    (pool_x, pool_y, test_x, test_y), uint8 (N, 3, 32, 32) and int64."""
     from torchvision.datasets import CIFAR10, CIFAR100
     from torchvision.datasets.utils import check_integrity
 
@@ -315,16 +300,17 @@ def _load_cifar(name: str, root: Path, download: bool):
     def images(ds) -> torch.Tensor:
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # torchvision holds (N, H, W, C)
 
-    return images(train), torch.tensor(train.targets), images(test), torch.tensor(test.targets), len(train.classes)
+    return images(train), torch.tensor(train.targets), images(test), torch.tensor(test.targets)
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
-def _load_fashion_mnist(root: Path, download: bool):
+def load_fashion_mnist(root: Path, download: bool, names: tuple[str, ...]):
+    """Fashion-MNIST's four idx ``names`` (train images, train labels, test images, test labels) from ``root``,
+    ``root/fashion-mnist`` or torchvision's ``root/FashionMNIST/raw`` (downloaded there with ``download``):
+    (pool_x, pool_y, test_x, test_y), uint8 (N, 1, 32, 32) zero-padded from 28x28, and int64."""
     from torchvision.datasets import FashionMNIST
     from torchvision.datasets.mnist import read_image_file, read_label_file
     from torchvision.datasets.utils import extract_archive
-
-    names = [name for name, _md5 in FashionMNIST.resources]  # train images, train labels, test images, test labels
     torchvision_dir = root / "FashionMNIST" / "raw"  # where FashionMNIST(root, download=True) puts them
     folders = [root, root / "fashion-mnist", torchvision_dir]
     folder = next((d for d in folders if all((d / n).is_file() for n in names)), None)
@@ -351,7 +337,7 @@ def _load_fashion_mnist(root: Path, download: bool):
     def pad(x: torch.Tensor) -> torch.Tensor:
         return F.pad(x.unsqueeze(1), (2, 2, 2, 2))  # zero border -> (N, 1, 32, 32), the VGG input size
 
-    return pad(train_x), train_y, pad(test_x), test_y, 10
+    return pad(train_x), train_y, pad(test_x), test_y
 
 
 # ----------------------------------------------------------------------------- synthetic

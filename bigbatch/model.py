@@ -1,4 +1,6 @@
-"""The paper's adapted VGG13 for 32x32 images, with optional (ghost) batch normalisation.
+"""The models, by name (``MODELS``): the paper's adapted VGG13 for 32x32 images (and VGG11/16/19 built the
+same way), the CIFAR ResNet-18, or a user's own ``package.module:function``; each with optional (ghost)
+batch normalisation from the run's config.
 
 Architecture (paper text and the authors' code agree, see shared/design/paper-recipes.md)::
 
@@ -21,21 +23,46 @@ Kaiming-normal (fan_out, ReLU gain, which keeps the 13-layer BN-free network tra
 conv biases zero, norm weight 1 / bias 0, linear layers normal(0, 0.01) with bias zero; the ``init`` key
 ``torch`` gives the Linear layers PyTorch's default instead (``init_weights``).
 
+Other models (``model`` key, ``MODELS``): ``vgg11``, ``vgg16``, ``vgg19`` (torchvision's layer lists, the same
+classifier, norms and init as VGG13); ``resnet18``, the usual CIFAR variant (He et al. 2016 with a 3x3 stride-1
+stem and no max-pool: four stages of two BasicBlocks, widths 64..512, global average pool, one Linear), its
+norm layers from the config as everywhere (with ``norm="none"`` the convolutions carry a bias and the blocks
+are plain residual sums), convs and Linear initialised as above. A user's model, ``package.module:function``,
+is called ``function(num_classes=..., in_channels=..., norm=...)`` (and ``width_mult=``, ``dropout=`` when
+its signature takes them), where ``norm(C)`` returns the run's normalisation layer for C channels
+(``nn.Identity``, ``BatchNorm2d`` or ``GhostBatchNorm2d``): every experiment applies to any model.
+
 This module imports torch only (no ray, no mlflow).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GhostBatchNorm2d", "vgg13", "build_model", "init_weights", "LINEAR_INITS", "NORM_LAYERS", "make_norm", "VGG13_WIDTHS", "scaled_widths"]
+from .config import BUILTIN_MODELS, ConfigError, RunConfig, is_user_model
+
+__all__ = ["GhostBatchNorm2d", "vgg", "vgg13", "resnet18", "MODELS", "build_model", "check_model", "model_keys", "model_provenance",
+           "init_weights", "LINEAR_INITS", "NORM_LAYERS", "make_norm", "norm_factory", "VGG13_WIDTHS", "VGG_LAYERS",
+           "scaled_widths"]
 
 # "M" is a 2x2 max-pool.
 VGG13_WIDTHS: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+# torchvision's VGG layer lists (configurations A, B, D, E of Simonyan & Zisserman)
+VGG_LAYERS: dict[str, tuple[int | str, ...]] = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13": VGG13_WIDTHS,
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
+}
 
 
 class GhostBatchNorm2d(nn.Module):
@@ -198,15 +225,35 @@ def make_norm(name: str, num_features: int, *, ghost_groups: int = 1, momentum: 
     return builder(num_features, ghost_groups=ghost_groups, momentum=momentum)
 
 
+def norm_factory(name: str, *, ghost_groups: int = 1, momentum: float = 0.1) -> Callable[[int], nn.Module]:
+    """``norm(C)``: the layer ``make_norm`` gives for C channels, ``nn.Identity()`` for "none" (what a model
+    that is not the VGG receives, so it never needs to know which norm the experiment asked for)."""
+    make_norm(name, 1, ghost_groups=ghost_groups, momentum=momentum)  # the name is checked once, here
+
+    def norm(num_features: int) -> nn.Module:
+        layer = make_norm(name, num_features, ghost_groups=ghost_groups, momentum=momentum)
+        return nn.Identity() if layer is None else layer
+
+    norm.kind = name  # "none" | "batch" | "ghost": a model may drop a conv bias when it is not "none"
+    return norm
+
+
 # ---------------------------------------------------------------------------- the network
-def scaled_widths(width_mult: float) -> list[int | str]:
-    """VGG13's layer list with every width multiplied by ``width_mult`` (rounded, at least 1)."""
+def scaled_widths(width_mult: float, layers: tuple[int | str, ...] = VGG13_WIDTHS) -> list[int | str]:
+    """A VGG layer list (VGG13's by default) with every width multiplied by ``width_mult`` (rounded, at least 1)."""
     if not width_mult > 0:
         raise ValueError(f"width_mult must be positive, got {width_mult}")
-    return [w if w == "M" else max(1, int(round(w * width_mult))) for w in VGG13_WIDTHS]
+    return [w if w == "M" else max(1, int(round(w * width_mult))) for w in layers]
 
 
-def vgg13(
+def vgg13(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, norm: str = "none", ghost_groups: int = 1,
+          bn_momentum: float = 0.1, dropout: float = 0.5, init: str = "authors") -> nn.Sequential:
+    """The paper's adapted VGG13 (module docstring): ``vgg("vgg13", ...)``."""
+    return vgg("vgg13", num_classes, in_channels, width_mult, norm, ghost_groups, bn_momentum, dropout, init)
+
+
+def vgg(
+    name: str = "vgg13",
     num_classes: int = 10,
     in_channels: int = 3,
     width_mult: float = 1.0,
@@ -216,17 +263,19 @@ def vgg13(
     dropout: float = 0.5,
     init: str = "authors",
 ) -> nn.Sequential:
-    """The paper's adapted VGG13 (module docstring). ``features`` is ``model[0]``, ``classifier``
-    ``model[1]``; 32x32 inputs (any side in 32..63 reaches 1x1 after the five pools). ``ghost_groups``:
-    the number of groups of every GhostBatchNorm2d (norm "ghost"). ``init``: the Linear layers'
-    initialisation, "authors" or "torch" (``init_weights``)."""
+    """The VGG ``name`` (``VGG_LAYERS``) adapted as the paper's VGG13 (module docstring). ``features`` is
+    ``model[0]``, ``classifier`` ``model[1]``; 32x32 inputs (any side in 32..63 reaches 1x1 after the five
+    pools). ``ghost_groups``: the number of groups of every GhostBatchNorm2d (norm "ghost"). ``init``: the
+    Linear layers' initialisation, "authors" or "torch" (``init_weights``)."""
+    if name not in VGG_LAYERS:
+        raise ValueError(f"unknown VGG {name!r}; valid: {', '.join(VGG_LAYERS)}")
     if norm not in NORM_LAYERS:
         raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORM_LAYERS)}")
     if num_classes <= 0 or in_channels <= 0:
         raise ValueError(f"num_classes and in_channels must be positive, got {num_classes}, {in_channels}")
     layers: list[nn.Module] = []
     c_in = in_channels
-    for w in scaled_widths(width_mult):
+    for w in scaled_widths(width_mult, VGG_LAYERS[name]):
         if w == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             continue
@@ -279,17 +328,181 @@ def init_weights(model: nn.Module, init: str = "authors") -> None:
             nn.init.zeros_(m.bias)
 
 
+# ---------------------------------------------------------------------------- ResNet-18 (CIFAR)
+class BasicBlock(nn.Module):
+    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm, plus the shortcut (1x1 conv -> norm where the shape
+    changes), then ReLU. ``norm(C)`` is the run's norm layer (``norm_factory``)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: Callable[[int], nn.Module]) -> None:
+        super().__init__()
+        bias = getattr(norm, "kind", "batch") == "none"  # a bias before a norm layer is cancelled by it
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
+        self.bn1 = norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=bias)
+        self.bn2 = norm(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=bias), norm(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 3, norm: Callable[[int], nn.Module] | None = None,
+             width_mult: float = 1.0, init: str = "authors") -> nn.Module:
+    """The CIFAR ResNet-18 (module docstring): 3x3 stride-1 stem, no max-pool, stages of widths 64, 128, 256,
+    512 (times ``width_mult``) with two BasicBlocks each, strides 1, 2, 2, 2, global average pool, Linear.
+    11,173,962 parameters at width 1 with BatchNorm and 10 classes, as the usual CIFAR ResNet-18."""
+    norm = norm or norm_factory("batch")
+    widths = [max(1, int(round(w * width_mult))) for w in (64, 128, 256, 512)]
+    bias = getattr(norm, "kind", "batch") == "none"
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=bias), norm(widths[0]),
+                               nn.ReLU(inplace=True)]
+    c_in = widths[0]
+    for i, w in enumerate(widths):
+        for j in range(2):
+            layers.append(BasicBlock(c_in, w, 2 if (i > 0 and j == 0) else 1, norm))
+            c_in = w
+    model = nn.Sequential()
+    model.add_module("features", nn.Sequential(*layers))
+    model.add_module("classifier", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)))
+    init_weights(model, init)
+    return model
+
+
+# ---------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class ModelSpec:
+    """A built-in model: ``build(cfg, num_classes, in_channels, norm)``; the keys it reads are
+    ``bigbatch.config.BUILTIN_MODELS[name]`` (RunConfig refuses any other model key off its default)."""
+
+    build: Callable[[Any, int, int, Callable[[int], nn.Module]], nn.Module]
+    about: str
+
+
+def _vgg_spec(name: str) -> ModelSpec:
+    def build(cfg, num_classes, in_channels, norm):  # the VGG keeps its own norm handling (bit for bit VGG13)
+        return vgg(name, num_classes, in_channels, cfg.width_mult, cfg.norm, ghost_groups(cfg), cfg.bn_momentum,
+                   cfg.dropout, cfg.init)
+
+    return ModelSpec(build, f"{name.upper()}, adapted as the paper's VGG13 (32x32 input, classifier c -> c -> classes)")
+
+
+# name -> spec; its keys must be config.BUILTIN_MODELS' (checked below: a model named in one and not the other fails at import)
+MODELS: dict[str, ModelSpec] = {
+    **{name: _vgg_spec(name) for name in VGG_LAYERS},
+    "resnet18": ModelSpec(lambda cfg, num_classes, in_channels, norm: resnet18(
+        num_classes, in_channels, norm, width_mult=cfg.width_mult, init=cfg.init), "ResNet-18, CIFAR variant"),
+}
+if set(MODELS) != set(BUILTIN_MODELS):
+    raise ImportError(f"bigbatch.model.MODELS {sorted(MODELS)} and bigbatch.config.BUILTIN_MODELS {sorted(BUILTIN_MODELS)} differ")
+
+
+def ghost_groups(cfg: Any) -> int:
+    """Groups of every GhostBatchNorm2d: ``batch_size // virtual_batch_size``, fixed by the batch size (authors' code)."""
+    return max(1, cfg.batch_size // cfg.virtual_batch_size)
+
+
+def _user_builder(path: str) -> Callable[..., nn.Module]:
+    """The function ``package.module:function`` names (ConfigError, one line, when it cannot be had)."""
+    module_name, _, fn_name = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or anything the module raises while importing
+        raise ConfigError(f"model={path!r}: cannot import {module_name}: {_one_line(e)} (is it on PYTHONPATH?)") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ConfigError(f"model={path!r}: {module_name} has no function {fn_name!r}")
+    return fn
+
+
+def _user_kwargs(path: str, fn: Callable[..., nn.Module], cfg: Any) -> dict[str, Any]:
+    """The optional keyword arguments ``fn`` takes (width_mult, dropout); a model key it cannot take must
+    keep its default (ConfigError otherwise: a value that would be silently dropped)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    missing = [k for k in ("num_classes", "in_channels", "norm") if k not in params and not takes_any]
+    if params and missing:
+        raise ConfigError(f"model={path!r}: the function must take num_classes, in_channels and norm; "
+                          f"it does not take {', '.join(missing)}")
+    kwargs = {}
+    for key in ("width_mult", "dropout"):
+        if key in params or takes_any:
+            kwargs[key] = getattr(cfg, key)
+        elif getattr(cfg, key) != getattr(RunConfig, key):
+            raise ConfigError(f"model={path!r} does not take {key}: {key}={getattr(cfg, key)!r} would be ignored; "
+                              f"add a {key} argument to it or leave {key} at its default")
+    if cfg.init != RunConfig.init:
+        raise ConfigError(f"model={path!r}: init={cfg.init!r} applies to the built-in models only (a user's model "
+                          "initialises itself); leave init at its default")
+    return kwargs
+
+
+def model_keys(model_name: str) -> tuple[str, ...]:
+    """The model keys (config.MODEL_KEYS) the model reads: a built-in's declared ones; for a user's model the
+    ones its function takes (never init). ConfigError when a user's model cannot be imported."""
+    if not is_user_model(model_name):
+        return BUILTIN_MODELS[model_name]
+    try:
+        params = inspect.signature(_user_builder(model_name)).parameters
+    except (TypeError, ValueError):
+        return ()
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return tuple(k for k in ("width_mult", "dropout") if k in params or takes_any)
+
+
 def build_model(cfg: Any, num_classes: int, in_channels: int) -> nn.Module:
-    """The VGG13 a RunConfig asks for (norm, bn_momentum, width_mult, dropout, init; ghost BN with
-    ``batch_size // virtual_batch_size`` groups, fixed by the batch size as in the authors' code).
-    Weights come from torch's global RNG: seed it before calling for reproducible initialisation."""
-    return vgg13(
-        num_classes=num_classes,
-        in_channels=in_channels,
-        width_mult=cfg.width_mult,
-        norm=cfg.norm,
-        ghost_groups=max(1, cfg.batch_size // cfg.virtual_batch_size),
-        bn_momentum=cfg.bn_momentum,
-        dropout=cfg.dropout,
-        init=cfg.init,
-    )
+    """The model a RunConfig asks for (``cfg.model``: a name in ``MODELS`` or ``package.module:function``),
+    with the run's norm (norm, bn_momentum; ghost BN with ``batch_size // virtual_batch_size`` groups, fixed
+    by the batch size as in the authors' code) and the model keys it reads. Weights come from torch's global
+    RNG: seed it before calling for reproducible initialisation. A user's model that cannot be imported,
+    called or that returns no ``nn.Module``: ConfigError (one line)."""
+    model_name = getattr(cfg, "model", "vgg13")
+    norm = norm_factory(cfg.norm, ghost_groups=ghost_groups(cfg), momentum=cfg.bn_momentum)
+    if not is_user_model(model_name):
+        return MODELS[model_name].build(cfg, num_classes, in_channels, norm)
+    fn = _user_builder(model_name)
+    kwargs = _user_kwargs(model_name, fn, cfg)
+    try:
+        model = fn(num_classes=num_classes, in_channels=in_channels, norm=norm, **kwargs)
+    except Exception as e:
+        raise ConfigError(f"model={model_name!r}: building it failed: {_one_line(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model={model_name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def check_model(cfg: Any, num_classes: int, in_channels: int, image_size: int = 32) -> None:
+    """Build ``cfg``'s model on the CPU and run two blank images through it in eval mode, so a model that
+    cannot be built or gives the wrong output shape fails on the sweep's driver before any trial (ConfigError)."""
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is not touched
+        model = build_model(cfg, num_classes, in_channels).eval()
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(2, in_channels, image_size, image_size))
+        except Exception as e:
+            raise ConfigError(f"model={cfg.model!r} fails on a batch of (2, {in_channels}, {image_size}, {image_size}) "
+                              f"images: {_one_line(e)}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model={cfg.model!r} gives {shape} for 2 images, expected (2, {num_classes}) logits")
+
+
+def model_provenance(model_name: str) -> dict[str, str]:
+    """For a user's model, where its code came from: ``model_source`` (the module's file) and
+    ``model_source_sha256`` (a hash of that file), logged with the run; {} for a built-in model."""
+    if not is_user_model(model_name):
+        return {}
+    module = importlib.import_module(model_name.partition(":")[0])
+    source = Path(getattr(module, "__file__", "") or "")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else "unknown"
+    return {"model_source": str(source), "model_source_sha256": digest}
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .config import DEFAULTS, ConfigError, OneLineArgumentParser, RunConfig, keys_with_role
 from .data import Augmenter, DataError, DataSplits, DeviceDataset, epoch_order, load_data, require_batch_fits
 from .measure import NoiseScaleProbe, sharpness
-from .model import build_model
+from .model import build_model, model_keys
 from .schedules import lr_schedule, momentum_schedule
 
 CHECKPOINT = "last.pt"
@@ -111,6 +111,7 @@ def setup(cfg: RunConfig, device: torch.device | None = None, data: DataSplits |
     torch.backends.cudnn.deterministic = cfg.deterministic
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic  # autotuning picks by timing
     torch.manual_seed(cfg.seed)  # model init and dropout
+    model_keys(cfg.model)  # a user's model that cannot be imported fails now, not after the data has loaded
     data = data or load_data(cfg, device)
     n = len(data.train)
     require_batch_fits(cfg.batch_size, n)  # the virtual batch is checked by RunConfig itself

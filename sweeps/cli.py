@@ -18,6 +18,7 @@ from typing import Any
 
 from bigbatch.schema import mlflow_experiment
 from bigbatch.config import ConfigError, OneLineArgumentParser, RunConfig, parse_set, read_json
+from bigbatch.datasets import DATASETS
 from bigbatch.experiments import RECIPES, Experiment, load_experiment
 
 from .runner import SweepError, SweepOptions, run_sweep
@@ -48,7 +49,7 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
     g = p.add_argument_group("what to train")
     g.add_argument("--batch-sizes", type=int, nargs="+", metavar="BS", help="batch sizes (default: the experiment's Table I row)")
     g.add_argument("--epochs", type=int, help="epochs at the base batch size (RunConfig epochs; default 100, smoke 2)")
-    g.add_argument("--dataset", help="cifar10 | cifar100 | fashion-mnist | synthetic")
+    g.add_argument("--dataset", help=" | ".join(DATASETS))
     g.add_argument("--data-dir", help="dataset directory (made absolute: trials run in their own directories)")
     g.add_argument("--recipe", choices=RECIPES, default=None, help="text (default): as the paper says; authors-code: as its code did")
     g.add_argument("--seeds", type=int, metavar="K", help="repeat every point with K seeds (seed .. seed+K-1; default 1)")

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from bigbatch import schema
 from bigbatch.config import ConfigError, OneLineArgumentParser, parse_set
+from bigbatch.datasets import DATASETS
 from bigbatch.experiments import RECIPES, TABLE_EXPERIMENTS, eq2_factor, load_experiment
 
 from .runner import (SweepError, check_resources, check_storage, default_name, known_error, ray_session, reporter,
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial may be stopped (default: a tenth of the epochs)")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default 3)")
     p.add_argument("--epochs", type=int, help="epochs per trial (RunConfig epochs)")
-    p.add_argument("--dataset", help="cifar10 | cifar100 | fashion-mnist | synthetic")
+    p.add_argument("--dataset", help=" | ".join(DATASETS))
     p.add_argument("--data-dir", help="dataset directory")
     p.add_argument("--recipe", choices=RECIPES, default="text")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override any RunConfig key")

@@ -75,14 +75,20 @@ class SweepSpace:
 
     def validate(self) -> None:
         """Build every trial's RunConfig now, so a bad combination fails before Ray starts (ConfigError)."""
-        from bigbatch.data import DataError, check_sizes
+        from bigbatch.data import DataError, check_sizes, dataset_shape
+        from bigbatch.model import check_model
 
+        checked = set()
         for point in self.points():
             cfg = trial_run_config(self.base, point)
             try:  # a batch larger than the training set (or val_size >= the pool) fails here, not in a trial
                 check_sizes(cfg)
             except DataError as e:
                 raise ConfigError(str(e)) from None
+            model_keys = (cfg.model, cfg.dataset, cfg.norm, cfg.width_mult, cfg.dropout, cfg.init)
+            if model_keys not in checked:  # a model that cannot be built (a user's above all) fails here too
+                checked.add(model_keys)
+                check_model(cfg, *dataset_shape(cfg))
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,11 @@ def build_space(
         if key in overrides and overrides[key] != base[key]:
             raise ConfigError(f"{key} cannot be overridden in a sweep of {exp.name} (use --recipe for the recipe)")
     base.update(overrides)
+    if smoke_test:  # the narrow smoke model only where the model has a width (a user's may not)
+        from bigbatch.model import model_keys
+
+        if "width_mult" not in overrides and "width_mult" not in model_keys(str(base.get("model", RunConfig.model))):
+            base.pop("width_mult", None)
     base["data_dir"] = str(Path(str(base.get("data_dir", RunConfig.data_dir))).expanduser().resolve())  # trials chdir
     if "batch_size" in base and batch_sizes is None:
         batch_sizes = [base["batch_size"]]

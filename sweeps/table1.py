@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bigbatch.config import ConfigError, OneLineArgumentParser, RunConfig, parse_set
+from bigbatch.datasets import DATASETS
 from bigbatch.experiments import TABLE_EXPERIMENTS, load_experiment
 from bigbatch.schema import git_commit
 
@@ -48,8 +49,7 @@ from .tracking import TrackingError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FASHION_MNIST = REPO.parent / "shared" / "data" / "fashion-mnist"  # ../shared/data/fashion-mnist
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FASHION_MNIST_FILES = DATASETS["fashion-mnist"].files
 HEADLINE = ("exp1", "exp3", "exp6")
 OPTUNA = "optuna"  # the step after the rows: sweeps.optuna_factor_lr's search for factor_lr (finding g)
 STEPS = (*TABLE_EXPERIMENTS, OPTUNA)

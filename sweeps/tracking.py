@@ -35,6 +35,7 @@ from typing import Any
 
 from bigbatch import schema
 from bigbatch.config import RunConfig
+from bigbatch.datasets import DATASETS
 from bigbatch.experiments import Experiment
 
 
@@ -223,9 +224,13 @@ def mark_stopped(uri: str, run_id: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- trial side
 def run_params(cfg: RunConfig) -> dict[str, str]:
-    """Every RunConfig key (lists as JSON) plus the derived values (schema.DERIVED_PARAMS)."""
+    """Every RunConfig key (lists as JSON) plus the derived values (schema.DERIVED_PARAMS); for a user's model,
+    its source file and that file's sha256 (bigbatch.model.model_provenance)."""
+    from bigbatch.model import model_provenance
+
     params = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v) for k, v in cfg.to_dict().items()}
     params.update({k: repr(getattr(cfg, k)) for k in schema.DERIVED_PARAMS})
+    params.update(model_provenance(cfg.model))
     return params
 
 
@@ -268,8 +273,8 @@ def dataset_inputs(cfg: RunConfig, info: dict[str, Any]) -> list:
 
     source = (CodeDatasetSource({"mlflow.source.name": "bigbatch.data.make_synthetic"}) if info["source"] == "synthetic"
               else HTTPDatasetSource(info["source"]))
-    channels = 1 if cfg.dataset == "fashion-mnist" else 3
-    spec = Schema([TensorSpec(np.dtype(np.uint8), (-1, channels, 32, 32), "image"), TensorSpec(np.dtype(np.int64), (-1,), "label")])
+    _, channels, side = DATASETS[cfg.dataset].shape
+    spec = Schema([TensorSpec(np.dtype(np.uint8), (-1, channels, side, side), "image"), TensorSpec(np.dtype(np.int64), (-1,), "label")])
     n_val = cfg.val_size
     sizes = {"train": cfg.train_subset or info["n_pool"] - n_val, "val": n_val, "test": info["n_test"]}
     out = []

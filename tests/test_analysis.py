@@ -481,8 +481,31 @@ def test_several_recipes_give_several_tables(runs):
         build_table(both)
     assert build_table(both, recipe="authors-code").cell("exp5", 32) is None
     md = render(tables, "markdown")
-    assert "### Table I: dataset=cifar10, recipe=authors-code" in md
+    assert "### Table I: dataset=cifar10, model=vgg13, recipe=authors-code" in md
     assert len(pd.read_csv(__import__("io").StringIO(render(tables, "csv")))) == 6 + 7  # text: + exp5-best
+
+
+def test_several_models_give_several_tables_never_one_chosen_between(runs):
+    """model is an identity key: runs of resnet18 beside the VGG13 runs make a second table (a model column
+    in the CSV, the model in the title), and a cell never mixes or chooses between the two."""
+    from analysis.runs import AnalysisError
+    from analysis.table import build_table, build_tables, render
+
+    assert set(runs["model"]) == {"vgg13"}  # runs logged without the key count as the default model
+    other = runs[runs["experiment"] == "exp1"].assign(model="resnet18", run_id=lambda d: d["run_id"] + "r",
+                                                       test_acc=lambda d: d["test_acc"] - 50, best_val_acc=lambda d: d["best_val_acc"] + 5)
+    both = pd.concat([runs, other], ignore_index=True)
+    tables = build_tables(both)
+    assert [(t.dataset, t.model, t.recipe) for t in tables] == [("cifar10", "resnet18", "text"), ("cifar10", "vgg13", "text")]
+    with pytest.raises(AnalysisError, match="--model"):
+        build_table(both)
+    resnet, vgg = tables
+    assert vgg.cell("exp1", 32).test_acc == build_table(runs).cell("exp1", 32).test_acc  # untouched by the better-validating resnet
+    assert resnet.cell("exp1", 32).test_acc == pytest.approx(vgg.cell("exp1", 32).test_acc - 50)
+    assert resnet.cell("exp6", 32) is None and resnet.parts == ["cifar10", "resnet18", "text"]
+    assert "### Table I: dataset=cifar10, model=resnet18, recipe=text" in render(tables, "markdown")
+    csv = pd.read_csv(__import__("io").StringIO(render(tables, "csv")))
+    assert list(csv.columns[:3]) == ["dataset", "model", "recipe"] and set(csv["model"]) == {"vgg13", "resnet18"}
 
 
 # ============================================================================================ lr grid
