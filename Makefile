@@ -19,14 +19,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-# The whole pipeline in a few minutes on a 2-core CPU, from an empty ./demo each time: the baseline and
-# exp6 at every batch size of the paper on real Fashion-MNIST at a tiny scale (VGG13 width 0.125, 2,048
-# images, 5 epochs: 6.9 min measured on 2 busy cores; exp6 leaves chance (14-20%), the baseline at lr 0.01
-# does not in so few steps: not the paper's effects, see bench/RESULTS.md), then Table I rebuilt
-# from MLflow beside the paper's numbers and the report (Markdown + HTML + figures) in ./demo/report/. The
-# data comes from $BIGBATCH_DATA_DIR, else ../shared/data/fashion-mnist, else a download; offline without
-# the files it falls back to synthetic smoke data, says so in one line, and the table names the dataset.
-# The logic lives in sweeps.table1 (the demo preset); `python -m sweeps.table1 --preset mini` is the real run.
+# The whole pipeline on real Fashion-MNIST in a few minutes (the demo preset of sweeps.table1: the machinery,
+# not the paper's effects; its time: bench/RESULTS.md): the baseline and exp6 at every batch size, then Table I
+# beside the paper's numbers and the report in ./demo/report/. Offline without the files it falls back to
+# synthetic data and says so. `python -m sweeps.table1 --preset mini` is the real run.
 DEMO := $(CURDIR)/demo
 DEMO_URI := sqlite:///$(DEMO)/mlflow.db
 

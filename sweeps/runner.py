@@ -1,4 +1,4 @@
-"""Run (or resume) one grid sweep: checks first, then Ray Tune, with MLflow set up on the driver.
+"""The one sweep path: checks first, then Ray Tune, with MLflow set up on the driver, for every search kind.
 
     from bigbatch.experiments import load_experiment
     from sweeps.runner import SweepOptions, run_sweep
@@ -9,8 +9,13 @@
 Every user error (bad config, resources the cluster lacks, unreachable address or tracking server,
 unwritable storage, nothing to resume) raises ``SweepError`` (or ``ConfigError``, or
 ``sweeps.tracking.TrackingError`` for the tracking store) with one line, before any trial starts;
-``sweeps.cli`` turns it into exit code 2. The checks, the Ray session and the trial
-table are public: ``sweeps.optuna_factor_lr`` drives its searches with the same ones.
+``sweeps.cli`` turns it into exit code 2.
+
+What differs between the kinds of search (the experiments' grids, the Optuna search for factor_lr) is in
+``sweeps.search``: their spaces, MLflow experiment, search algorithm, scheduler and summary. Everything else
+is here, once: the options (``SweepOptions``, with its ``search_kind``), the plan (names, storage, tracking,
+data, resume), the parent run, the Tuner, failure reporting, the closing table, and ``Progress`` (trials done
+of several sweeps, with an estimate of the time left: sweeps.table1).
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from bigbatch.config import ConfigError, RunConfig
 from bigbatch.experiments import Experiment, load_experiment
 
 from .ray_compat import trial_configs
-from .space import SweepContext, SweepSpace, TrialNames, build_space, prepare_space_data, trial_run_config
-from .tracking import check_tracking, close_sweep, log_sweep_inputs, open_sweep, reopen_sweep
+from .search import Grid, Job, kind_from_json
+from .space import SweepContext, SweepSpace, TrialNames, prepare_space_data, trial_run_config
+from .tracking import check_tracking, close_sweep, log_sweep_inputs, mark_stopped, open_sweep, reopen_sweep
 
 SWEEP_FILE = "bigbatch_sweep.json"  # in the sweep's directory: its options and trial context, to resume with
 
@@ -60,15 +66,17 @@ class SweepOptions:
     keep_checkpoints: int = 2
     resume: bool = False
     verbose: int = 1  # 0 quiet, 1 trial table, 2 + Tune's own messages
+    search_kind: Any = field(default_factory=Grid)  # sweeps.search: Grid (the experiment's grid) | OptunaFactorLR
 
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d.update(experiment=self.experiment.name, recipe=self.experiment.recipe)
+        d.update(experiment=self.experiment.name, recipe=self.experiment.recipe, search_kind=self.search_kind.to_json())
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "SweepOptions":
         d = dict(d)
+        d["search_kind"] = kind_from_json(d.get("search_kind"))
         return cls(load_experiment(d.pop("experiment"), d.pop("recipe")), **d)
 
 
@@ -84,6 +92,7 @@ class SweepResult:
     num_errors: int
     num_unfinished: int
     exit_code: int  # 0 all trials finished, 1 some errored, 130 interrupted
+    summary: dict[Any, Any] = field(default_factory=dict)  # the search kind's (Optuna: the best f per batch size)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -316,13 +325,89 @@ def reporter(searched: list[str], cyclic: bool):
     )
 
 
+# ---------------------------------------------------------------------------------------------- progress
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+class Progress:
+    """Where a run of several sweeps stands (sweeps.table1): step k of n, trials done of the total, the time
+    elapsed and an estimate of what is left. Work is counted in planned epochs (a trial's cost grows with its
+    epochs; every trial of a table trains on the same images): left = elapsed x epochs to go / epochs done.
+    An early-stopped trial counts its planned epochs, so with ASHA the estimate errs long."""
+
+    def __init__(self, steps: list[tuple[str, list[float]]], out: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.steps = steps  # (name, planned epochs of each trial)
+        self.total_trials = sum(len(work) for _, work in steps)
+        self.total_work = float(sum(sum(work) for _, work in steps))
+        self.out = out or (lambda line: print(line, flush=True))
+        self.clock = clock
+        self.t0 = clock()
+        self.step = -1
+        self.done_trials = 0
+        self.done_work = 0.0
+
+    def start(self, k: int) -> None:
+        """Step ``k`` (0-based) begins."""
+        self.step = k
+        name, work = self.steps[k]
+        self.out(f"== step {k + 1}/{len(self.steps)}: {name} ({len(work)} trials); {self.status()}")
+
+    def trial_done(self, work: float) -> None:
+        self.done_trials += 1
+        self.done_work += work
+        self.out(f"progress: {self.status()}")
+
+    def left(self) -> float | None:
+        """Seconds left by the estimate (None before the first trial ends)."""
+        if self.done_work <= 0:
+            return None
+        return (self.clock() - self.t0) * max(0.0, self.total_work - self.done_work) / self.done_work
+
+    def status(self) -> str:
+        name = self.steps[self.step][0] if self.step >= 0 else "-"
+        left = self.left()
+        estimate = f"about {_minutes(left)} left" if left is not None else "an estimate after the first trial"
+        return (f"step {self.step + 1}/{len(self.steps)} ({name}), {self.done_trials}/{self.total_trials} trials done, "
+                f"{_minutes(self.clock() - self.t0)} elapsed, {estimate}")
+
+    def callback(self, base: dict[str, Any]):
+        """A Tune callback counting each trial that ends (completed, stopped, errored) with its planned epochs."""
+        from ray import tune
+
+        progress = self
+
+        class TrialsDone(tune.Callback):
+            def _done(self, trial) -> None:
+                try:
+                    work = float(trial_run_config(base, trial.config).total_epochs)
+                except Exception:
+                    work = 0.0
+                progress.trial_done(work)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                self._done(trial)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self._done(trial)
+
+        return TrialsDone()
+
+
+def planned_epochs(opts: SweepOptions) -> list[float]:
+    """The planned epochs of each trial the sweep ``opts`` will run (for Progress), without starting it."""
+    kind = opts.search_kind
+    return [float(trial_run_config(space.base, point).total_epochs) for space, point in kind.planned(kind.spaces(opts))]
+
+
 # ---------------------------------------------------------------------------------------------- the sweep
 @dataclass(frozen=True)
 class SweepPlan:
     """A sweep resolved and checked, before Ray starts."""
 
     opts: SweepOptions  # on resume: the saved options (only where Ray runs and the verbosity may change)
-    space: SweepSpace
+    spaces: tuple[SweepSpace, ...]  # the grid's one space, or one per batch size (sweeps.search)
     name: str
     path: Path  # the Tune experiment directory: storage/name
     tracking_uri: str
@@ -333,6 +418,11 @@ class SweepPlan:
     def storage(self) -> Path:
         return self.path.parent
 
+    @property
+    def space(self) -> SweepSpace:
+        """The first space (the grid's only one), whose trial context a resume restores."""
+        return self.spaces[0]
+
 
 def plan_sweep(opts: SweepOptions) -> SweepPlan:
     """Resolve the name, the saved options of a resumed sweep and the space; every check Ray is not needed for."""
@@ -341,6 +431,8 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     exp = opts.experiment
     storage = Path(opts.storage_path or "ray_results").expanduser().resolve()
     context = None
+    if opts.resume and not opts.search_kind.resumable:
+        raise ConfigError(f"a {opts.search_kind.kind} search has no --resume: run the same command with the same --name to continue it")
     if opts.resume:
         name = opts.name or (latest_sweep(storage, exp.name) if storage.is_dir() else None)
         path = storage / (name or "")
@@ -365,23 +457,25 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
         if tune.Tuner.can_restore(str(path)):
             raise SweepError(f"a sweep named {name!r} already exists in {storage}: use --resume to continue it, or another --name")
         uri = opts.tracking_uri
-    space = build_space(opts.experiment, opts.batch_sizes, opts.seeds, opts.overrides, opts.smoke_test, opts.search)
+    spaces = tuple(opts.search_kind.spaces(opts))
     if opts.checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be >= 1, got {opts.checkpoint_every}")
     if opts.max_concurrent is not None and opts.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
     check_storage(path)
     uri = check_tracking(uri)
-    datasets = prepare_space_data(space)  # last: it may download; the trials get download=false
-    return SweepPlan(opts, space, name, path, uri, context, datasets)
+    datasets = prepare_space_data(*spaces)  # last: it may download; the trials get download=false
+    return SweepPlan(opts, spaces, name, path, uri, context, datasets)
 
 
-def run_sweep(opts: SweepOptions, train_fn: Callable[..., dict[str, Any]] | None = None) -> SweepResult:
-    """Run or resume one sweep; raises SweepError, ConfigError or TrackingError before any trial on bad input."""
+def run_sweep(opts: SweepOptions, train_fn: Callable[..., dict[str, Any]] | None = None,
+              progress: "Progress | None" = None) -> SweepResult:
+    """Run or resume one sweep of any kind; raises SweepError, ConfigError or TrackingError before any trial on
+    bad input. ``progress``: counts this sweep's trials into a run of several (sweeps.table1)."""
     plan = plan_sweep(opts)
     with ray_session(plan.opts.address, plan.opts.num_cpus, plan.opts.verbose):
         gpus = check_resources(plan.opts.cpus_per_trial, plan.opts.gpus_per_trial)
-        return _run(plan, gpus, train_fn)
+        return _run(plan, gpus, train_fn, progress)
 
 
 def _context(plan: SweepPlan, gpus: float) -> SweepContext:
@@ -389,60 +483,84 @@ def _context(plan: SweepPlan, gpus: float) -> SweepContext:
     if plan.context is not None:
         reopen_sweep(plan.context.run)
         return plan.context
-    space, opts = plan.space, plan.opts
+    space, opts, kind = plan.space, plan.opts, plan.opts.search_kind
     params = {
-        "batch_sizes": json.dumps(space.batch_sizes),
-        "seeds": json.dumps(space.seeds),
-        "search": json.dumps(space.search),
-        "num_trials": space.num_trials,
+        **kind.parent_params(plan),
         "gpus_per_trial": gpus,
         "cpus_per_trial": opts.cpus_per_trial,
         "storage_path": str(plan.path),
         **{f"base.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in space.base.items()},
     }
-    run = open_sweep(plan.tracking_uri, space.experiment, plan.name, dataset=str(space.base.get("dataset", RunConfig.dataset)),
-                         search="grid", smoke_test=opts.smoke_test, params=params)
+    run = open_sweep(plan.tracking_uri, opts.experiment, plan.name, dataset=str(space.base.get("dataset", RunConfig.dataset)),
+                     search=kind.kind, smoke_test=opts.smoke_test, params=params, mlflow_experiment=kind.mlflow_experiment(opts))
     context = SweepContext(space.base, run, tuple(space.search), opts.checkpoint_every, plan.datasets)
-    log_sweep_inputs(run, context.trial_datasets(space))
+    log_sweep_inputs(run, context.trial_datasets(*plan.spaces))
     return context
 
 
-def _run(plan: SweepPlan, gpus: float, train_fn) -> SweepResult:
+def make_tuner(plan: SweepPlan, ctx: SweepContext, job: Job, gpus: float, train_fn, callbacks: list):
+    """The Tuner of one job: the trainable with its resources, the kind's search algorithm, scheduler and
+    sample count, the sweep's names, failures, checkpoints, trial table and callbacks."""
     from ray import tune
 
     from .trainable import make_trainable
 
-    opts, space, exp = plan.opts, plan.space, plan.opts.experiment
-    ctx = _context(plan, gpus)
-    plan.path.mkdir(parents=True, exist_ok=True)
-    (plan.path / SWEEP_FILE).write_text(json.dumps({"options": opts.to_json(), "context": ctx.to_json()}, indent=2))
+    opts = plan.opts
     trainable = tune.with_resources(make_trainable(ctx, train_fn), {"cpu": opts.cpus_per_trial, "gpu": gpus})
+    names = TrialNames(ctx.base, ctx.searched)
+    cyclic = ctx.base.get("schedule", RunConfig.schedule) == "cyclic"
+    return tune.Tuner(
+        trainable,
+        param_space=job.param_space,
+        tune_config=tune.TuneConfig(search_alg=job.search_alg, scheduler=job.scheduler, num_samples=job.num_samples,
+                                    max_concurrent_trials=opts.max_concurrent, reuse_actors=True,
+                                    trial_name_creator=names.name, trial_dirname_creator=names.dirname),
+        run_config=tune.RunConfig(
+            name=job.run_name,
+            storage_path=str(plan.storage),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=job.keep_checkpoints or opts.keep_checkpoints),
+            progress_reporter=reporter(list(ctx.searched), cyclic),
+            callbacks=[trial_errors_callback(), *callbacks],
+            verbose=opts.verbose,
+        ),
+    )
+
+
+def _run(plan: SweepPlan, gpus: float, train_fn, progress: "Progress | None" = None) -> SweepResult:
+    from ray import tune
+
+    opts, exp, kind = plan.opts, plan.opts.experiment, plan.opts.search_kind
+    ctx = _context(plan, gpus)
+    if kind.resumable:
+        plan.path.mkdir(parents=True, exist_ok=True)
+        (plan.path / SWEEP_FILE).write_text(json.dumps({"options": opts.to_json(), "context": ctx.to_json()}, indent=2))
     if opts.verbose:
         print(f"{'resuming' if opts.resume else 'starting'} sweep {plan.name}: {exp.name} ({exp.label}), recipe {exp.recipe}, "
-              f"{space.num_trials} trials, {opts.cpus_per_trial:g} CPU + {gpus:g} GPU per trial; "
+              f"{kind.num_trials(plan)} trials ({kind.kind}), {opts.cpus_per_trial:g} CPU + {gpus:g} GPU per trial; "
               f"MLflow {plan.tracking_uri} experiment {ctx.run.mlflow_experiment}", flush=True)
-    if opts.resume:
-        repair_tune_state(plan.path)
-        tuner = tune.Tuner.restore(str(plan.path), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        names = TrialNames(ctx.base, ctx.searched)
-        cyclic = space.base.get("schedule", RunConfig.schedule) == "cyclic"
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space.param_space(),
-            tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent, reuse_actors=True,
-                                        trial_name_creator=names.name, trial_dirname_creator=names.dirname),
-            run_config=tune.RunConfig(
-                name=plan.name,
-                storage_path=str(plan.storage),
-                failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=opts.keep_checkpoints),
-                progress_reporter=reporter(list(space.search), cyclic),
-                callbacks=[trial_errors_callback()],
-                verbose=opts.verbose,
-            ),
-        )
-    return _finish(tuner.fit(), plan, ctx)
+    done: list[tuple[Job, list, SweepContext]] = []
+    for job in kind.jobs(plan):
+        job_ctx = ctx if job.space is plan.space else replace(ctx, base=job.space.base)
+        if job.label and opts.verbose:
+            print(job.label, flush=True)
+        callbacks = [progress.callback(job_ctx.base)] if progress is not None else []
+        if opts.resume:
+            repair_tune_state(plan.path)
+            from .trainable import make_trainable
+
+            trainable = tune.with_resources(make_trainable(job_ctx, train_fn), {"cpu": opts.cpus_per_trial, "gpu": gpus})
+            tuner = tune.Tuner.restore(str(plan.path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = make_tuner(plan, job_ctx, job, gpus, train_fn, callbacks)
+        results = list(tuner.fit())
+        if kind.early_stopping:  # trials a scheduler stopped never reach the end of train(): their runs are marked stopped
+            for r in results:
+                m = r.metrics or {}
+                if r.error is None and "status" not in m and m.get("mlflow_run_id"):
+                    mark_stopped(plan.tracking_uri, m["mlflow_run_id"])
+        done.append((job, results, job_ctx))
+    return _finish(done, plan, ctx)
 
 
 def ui_hint(tracking_uri: str) -> str:
@@ -456,24 +574,28 @@ def _cell(value: Any) -> str:
     return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _finish(results, plan: SweepPlan, ctx: SweepContext) -> SweepResult:
-    """Count the trials, close the parent run, print the summary table."""
-    configs = trial_configs(results)  # trials that never reported have an empty Result.config
+def _finish(done: list[tuple[Job, list, SweepContext]], plan: SweepPlan, ctx: SweepContext) -> SweepResult:
+    """Count the trials of every job, close the parent run, print the summary table (and the kind's summary)."""
+    kind = plan.opts.search_kind
     searched = list(ctx.searched)
     rows, errors, unfinished, reasons = [], 0, 0, []
-    for r in results:
+    # (context, configs, result) of every trial; trials that never reported have an empty Result.config
+    each = [(job_ctx, configs, r) for _, results, job_ctx in done for configs in [trial_configs(results)] for r in results]
+    for job_ctx, configs, r in each:
         m = r.metrics or {}
         params = r.config or configs.get(os.path.basename(str(r.path)), {})
         if r.error is not None:
             errors += 1
             state = "error"
+        elif "status" not in m and kind.early_stopping:
+            state = "stopped"  # by the kind's scheduler (ASHA)
         elif "status" not in m:
             unfinished += 1
             state = "unfinished"
         else:
             state = m["status"]
         try:
-            cfg = trial_run_config(ctx.base, params)
+            cfg = trial_run_config(job_ctx.base, params)
             f = f"{cfg.scaled_factor_lr:.3g}" if cfg.schedule == "cyclic" else None
         except Exception:
             f = None
@@ -499,9 +621,12 @@ def _finish(results, plan: SweepPlan, ctx: SweepContext) -> SweepResult:
             where = " ".join([f"bs={bs}", *(f"{k}={v}" for k, v in zip(cols, point)), *([f"f={f}"] if f else []), f"seed={seed}"])
             print(f"failed {where}: {reason}")
         print(f"MLflow: experiment {ctx.run.mlflow_experiment}, parent run {ctx.run.parent_run_id}; view with: {ui_hint(plan.tracking_uri)}")
-        if code:
+        if code and kind.resumable:
             print(f"resume with: python -m sweeps.{plan.opts.experiment.name.replace('-', '_')} --resume --name {plan.name} "
                   f"--storage-path {plan.storage}", flush=True)
+        elif code:
+            print(f"continue with: the same command and --name {plan.name}", flush=True)
+    summary = kind.summary(plan, [(job, results) for job, results, _ in done])
     run = ctx.run
     return SweepResult(plan.name, str(plan.path), plan.tracking_uri, run.mlflow_experiment, run.experiment_id, run.parent_run_id,
-                       len(rows), errors, unfinished, code)
+                       len(rows), errors, unfinished, code, summary)

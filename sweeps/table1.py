@@ -10,7 +10,7 @@
 
 Each experiment runs through the ordinary sweep runner (``sweeps.runner.run_sweep`` with
 ``SweepOptions``) inside one Ray session, then (step ``optuna``, last by default) the Optuna search for
-factor_lr at the preset's batch sizes (``sweeps.optuna_factor_lr.run_search``, the paper's eq. 2 against
+factor_lr at the preset's batch sizes (``sweeps.search.OptunaFactorLR`` through ``run_sweep``, the paper's eq. 2 against
 what TPE finds), all into ``OUT/mlflow.db`` and ``OUT/ray_results``; then the
 report is written by ``python -m analysis.table --paper`` (also as CSV) and ``python -m analysis.report``,
 run as subprocesses (sweeps never import analysis) into ``OUT/report/``. The whole wall time is printed
@@ -43,8 +43,8 @@ from bigbatch.datasets import DATASETS
 from bigbatch.experiments import TABLE_EXPERIMENTS, load_experiment
 from bigbatch.schema import git_commit
 
-from . import optuna_factor_lr
-from .runner import SweepError, SweepOptions, ray_session, run_sweep
+from .runner import Progress, SweepError, SweepOptions, planned_epochs, ray_session, run_sweep
+from .search import OptunaFactorLR
 from .tracking import TrackingError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,35 +69,15 @@ class Preset:
     optuna_batch_sizes: tuple[int, ...] = (256, 512, 1024)  # ... at these batch sizes (--batch-sizes overrides)
 
 
-# The measurements (bigbatch.measure) stay on in every preset, small: the gradient noise scale every
-# gns_every = 5 epochs (2 probes per 10-epoch run) on max(1024, 2 bs) images of gradients (at bs 1024:
-# 2 x 2,048 images, 5% of the run's 81,920 training images; at bs 32: 2.5%); the sharpness once per run
-# on 128 images with at most 10 Hessian-vector products per power iteration (~128 x 10 x 3 = 3.8k
-# image-passes: ~4% of a run; estimated, not timed separately).
+# The measurements (bigbatch.measure) stay on in every preset, small: the noise scale every 5 epochs on
+# max(1024, 2 bs) images, the sharpness once on 128 images (their cost: bench/RESULTS.md, "mini preset").
 MINI_MEASURE = {"gns_images": 1024, "gns_every": 5, "sharpness_images": 128, "sharpness_iters": 10}
 
-# mini: Fashion-MNIST (60k 28x28 images, zero-padded to 32x32), VGG13 at width 0.125, the first 8,192
-# images of the 59,000/1,000 train/val split, every epoch count of the paper x 0.1 (100 -> 10 epochs,
-# warmup 0.5 epoch, milestones 3/6/9, CyclicLR half-period 1.2 epochs of full batches), 2 seeds.
-# The arithmetic (bench/RESULTS.md, "mini preset"): bs 1024 takes 10 epochs x 8,192 / 1,024 = 80
-# optimizer steps (bs 32: 2,560). A run of exp1/3/4/6 trains on 81,920 images and evaluates 10 x 1,000
-# validation + 10,000 test images (eval 3.7x cheaper per image: 5.4k training-image equivalents), plus
-# ~3k for the noise scale and ~3.8k for the sharpness: ~94k image equivalents. The headline rows are
-# 3 experiments x 6 batch sizes x 2 seeds = 36 runs = 3.4M; measured on this 2-core CPU nearly idle (load
-# 0.4-2, width 0.125, ghost BN, bs 256): 2 trials x 1 thread = 947 img/s (1 trial x 2 threads: 786), so
-# 3.4M / 947 = 3,570 s: about 60 min (exp1's model, without BN, is a little faster). 10,240 images (100
-# steps at bs 1024: --set train_subset=10240) would take ~72 min. Measured since (docs/results/fashion-mnist-mini):
-# the headline rows 39.9 min (2026-11-25, AVX2 CPU), the whole table 41.9 min (2026-12-05, AVX-512 CPU and the
-# faster ghost BN / channels_last code; headline rows 10.8 of it). Nothing here is CPU-only: on a GPU,
-# --gpus-per-trial 0.25 --set width_mult=1.
-# The base lr (at bs 32; eq. 1 and the CyclicLR bounds scale from it) is 0.1, not the paper's 0.01, by
-# the paper's own protocol: its 0.01 was the best of a learning-rate grid on the baseline at bs 32, so the
-# mini preset reran that grid at bs 32 in its own setting (docs/results/fashion-mnist-mini, 2026-11-25):
-# lr 0.001 / 0.003 / 0.01 never left the ln 10 plateau in 2,560 steps (val 8.9% = chance), 0.03 barely
-# (best val 17.8%), 0.1 reached 74.8%, 0.3 learned then fell back to chance (rerun 2026-12-05 on another CPU:
-# 0.1 again, 76.4% against 18.0% at 0.3 and 17.9% at 0.03). The rule (best validation
-# accuracy at bs 32) was fixed before any other batch size ran; a first headline run at lr 0.01 had the
-# baseline at chance in every cell, bs 32 included (kept in the results as the negative it is).
+# mini: Fashion-MNIST (zero-padded to 32x32), VGG13 at width 0.125, the first 8,192 images of the 59,000/1,000
+# train/val split, every epoch count of the paper x 0.1 (bs 1024: 80 optimizer steps; bs 32: 2,560), 2 seeds.
+# Its base lr, 0.1 (not the paper's 0.01), is the pick of the paper's own rule rerun in this setting: the lr grid
+# on the baseline at bs 32, best validation accuracy, fixed before any other batch size ran. The grid, the cost
+# arithmetic and the measured wall times: docs/results/fashion-mnist-mini/README.md, bench/RESULTS.md ("mini preset").
 MINI = Preset(
     "mini",
     "Fashion-MNIST, VGG13 width 0.125, 8,192 training images, epochs x 0.1 (bs 1024: 80 steps), base lr 0.1 (the mini lr grid's pick), 2 seeds",
@@ -119,11 +99,8 @@ MINI = Preset(
     optuna_batch_sizes=(32, 256, 1024),
 )
 
-# demo (make demo): a few minutes on 2 CPUs for two experiments, the machinery on real data, not the
-# paper's effects: 2,048 images, 5 epochs (epoch_scale 0.05), one seed; bs 32 takes 320 steps, bs 1024
-# 10. Measured (23:44-23:51 UTC, load 2-5): 6.9 min; exp6 14-20% test accuracy, exp1 10% everywhere: with
-# the authors' classifier init, normal(0, 0.01), a narrow VGG13 sits on the ln 10 loss plateau for its
-# first tens to hundreds of steps, longer at lr 0.01. Clear learning in the table needs ~3x the steps.
+# demo (make demo): the machinery on real data in a few minutes, not the paper's effects: 2,048 images, 5 epochs
+# (epoch_scale 0.05), one seed (bs 32: 320 steps, bs 1024: 10). Measured: bench/RESULTS.md ("mini preset").
 DEMO = Preset(
     "demo",
     "Fashion-MNIST, VGG13 width 0.125, 2,048 training images, 5 epochs, 1 seed (machinery + learning, not the paper's effects)",
@@ -245,26 +222,21 @@ class Plan:
             num_cpus=self.num_cpus, max_concurrent=self.trials_at_once, verbose=0 if args.quiet else 1,
         )
 
-    def optuna_argv(self, args: argparse.Namespace, name: str) -> list[str]:
-        """sweeps.optuna_factor_lr's command line for the optuna step: exp5's factor_lr at the preset's
-        batch sizes (or --batch-sizes), the preset's RunConfig keys, into the same store."""
-        sizes = args.batch_sizes or list(self.preset.optuna_batch_sizes)
-        argv = ["--batch-sizes", *map(str, sizes), "--recipe", args.recipe, "--name", name,
-                "--storage-path", str(self.out / "ray_results"), "--tracking-uri", f"sqlite:///{self.out / 'mlflow.db'}",
-                "--cpus-per-trial", str(float(self.threads_per_trial))]
-        if self.smoke_test:
-            argv.append("--smoke-test")  # its own smoke sample count
-        else:
-            argv += ["--num-samples", str(self.preset.optuna_samples)]
-        if self.overrides:
-            argv += ["--set", *(f"{k}={json.dumps(v)}" for k, v in self.overrides.items())]
-        if self.gpus_per_trial is not None:
-            argv += ["--gpus-per-trial", str(self.gpus_per_trial)]
-        if self.trials_at_once is not None:
-            argv += ["--max-concurrent", str(self.trials_at_once)]
-        if args.quiet:
-            argv.append("--quiet")
-        return argv
+    def optuna_options(self, args: argparse.Namespace, name: str) -> SweepOptions:
+        """The optuna step through the one sweep path: exp5's factor_lr (TPE + ASHA) at the preset's batch sizes
+        (or --batch-sizes), the preset's RunConfig keys, into the same store."""
+        kind = OptunaFactorLR(num_samples=3 if self.smoke_test else self.preset.optuna_samples)
+        return SweepOptions(
+            load_experiment("exp5", args.recipe), batch_sizes=args.batch_sizes or list(self.preset.optuna_batch_sizes),
+            overrides={**self.overrides, "seed": 0}, smoke_test=self.smoke_test, gpus_per_trial=self.gpus_per_trial,
+            cpus_per_trial=float(self.threads_per_trial), storage_path=str(self.out / "ray_results"), name=name,
+            tracking_uri=f"sqlite:///{self.out / 'mlflow.db'}", num_cpus=self.num_cpus, max_concurrent=self.trials_at_once,
+            verbose=0 if args.quiet else 1, search_kind=kind)
+
+    def step_options(self, args: argparse.Namespace, label: str, stamp: str) -> list[tuple[str, SweepOptions]]:
+        """Each step's sweep options, in order (the sweep names: table1-<label>-<step>-<stamp>)."""
+        return [(exp, self.optuna_options(args, f"table1-{label}-optuna-{stamp}") if exp == OPTUNA
+                 else self.sweep_options(exp, args, f"table1-{label}-{exp}-{stamp}")) for exp in self.experiments]
 
 
 def plan_table(args: argparse.Namespace, env: dict[str, str] | None = None,
@@ -367,17 +339,18 @@ def main(argv: list[str] | None = None) -> int:
     codes: dict[str, int] = {}
     times: dict[str, float] = {}
     try:
+        steps = plan.step_options(args, label, stamp)
+        progress = Progress([(exp, planned_epochs(opts)) for exp, opts in steps])  # checks every step's space first
+    except (ConfigError, SweepError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    try:
         with ray_session(None, plan.num_cpus, 0 if args.quiet else 1):
-            for exp in plan.experiments:
+            for k, (exp, opts) in enumerate(steps):
                 t_exp = time.perf_counter()
+                progress.start(k)
                 try:
-                    if exp == OPTUNA:
-                        search = optuna_factor_lr.build_parser().parse_args(plan.optuna_argv(args, f"table1-{label}-optuna-{stamp}"))
-                        summary = optuna_factor_lr.run_search(search)
-                        codes[exp] = 1 if any(s["errors"] for s in summary.values()) else 0
-                    else:
-                        result = run_sweep(plan.sweep_options(exp, args, f"table1-{label}-{exp}-{stamp}"))
-                        codes[exp] = result.exit_code
+                    codes[exp] = run_sweep(opts, progress=progress).exit_code
                 except (ConfigError, SweepError, TrackingError) as e:
                     print(f"error: {exp}: {e}", file=sys.stderr, flush=True)
                     return 2

@@ -13,18 +13,11 @@
   MLflow run id travels in that directory (``RUN_FILE``), and ``last.pt`` holds the history from which
   epochs MLflow missed are logged again.
 - A diverged run is a result (status ``diverged``), not an error.
-- A trial a scheduler stops (ASHA) ends cleanly: Tune's function trainable runs the training function
-  in a thread and, on stop, only signals it (the next ``tune.report`` raises ``SystemExit``) and
-  returns at once (``FunctionTrainable.cleanup``: ``session.finish(timeout=0)``); the actor process
-  then exits while that thread still unwinds through torch and MLflow, and the exit destroys native
-  objects the thread is using (``terminate called without an active exception``: a joinable
-  ``std::thread`` destroyed, then SIGABRT and "Fatal Python error: Aborted"). ``make_trainable``'s
-  class waits for the thread (``cleanup`` joins it) before the actor may exit or be reused.
-- An actor Ray ends with SIGTERM exits quietly: Ray's handler raises ``SystemExit`` wherever the main
-  thread is, and when that is inside a garbage-collector or weakref callback Python cannot raise it, so it
-  prints "Exception ignored in ... Traceback ... SystemExit: 1" and the process lives on until killed.
-  ``exit_on_unraisable_system_exit`` (installed in every trial process) exits there instead, with the
-  code Ray asked for; any other unraisable exception is printed as before.
+- A trial a scheduler stops (ASHA) ends cleanly: Tune only signals the training thread and lets the actor
+  exit, which would destroy native objects the thread still uses (SIGABRT); ``make_trainable``'s class joins
+  the thread in ``cleanup`` first (ray_compat: the one place on Ray's private API; the story: docs/reliability.md).
+- An actor Ray ends with SIGTERM exits quietly: where Python cannot raise Ray's ``SystemExit`` (inside a
+  garbage-collector callback), ``exit_on_unraisable_system_exit`` exits with Ray's code instead.
 """
 
 from __future__ import annotations

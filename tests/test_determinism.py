@@ -26,7 +26,8 @@ from reliability_helpers import TIMING_KEYS, run
 STATEFUL = dict(dataset="synthetic", synthetic_size=256, val_size=64, width_mult=0.125, eval_batch_size=256,
                 device="cpu", norm="ghost", virtual_batch_size=16, schedule="cyclic", factor_lr=4.0,
                 cyclic_step_epochs=1, cycle_momentum=True, rotate_p=1.0, translate_p=1.0, augment_val=True,
-                weight_decay=1e-4, drop_last=False, epochs=2, batch_size=40, lr=0.05, seed=0)
+                weight_decay=1e-4, drop_last=False, epochs=2, batch_size=40, lr=0.05, seed=0,
+                gns_images=80, sharpness_images=32, sharpness_iters=2)  # the measurements on, small
 
 
 def _cli(tmp_path, name, **changes):

@@ -124,31 +124,33 @@ BAD_OPTIONS = [
 ]
 
 
-# argv -> what sweeps.optuna_factor_lr's own parser reads from the optuna step's command line
+# argv -> the optuna step's sweep options (the one sweep path; kind: sweeps.search.OptunaFactorLR)
 OPTUNA_CASES = [
     ("mini", [], dict(batch_sizes=[32, 256, 1024], num_samples=6, smoke_test=False, max_concurrent=2, cpus_per_trial=1.0)),
-    ("paper", ["--preset", "paper"], dict(batch_sizes=[256, 512, 1024], num_samples=20, set=[])),
+    ("paper", ["--preset", "paper"], dict(batch_sizes=[256, 512, 1024], num_samples=20)),
     ("batch-sizes-given", ["--batch-sizes", "64", "512"], dict(batch_sizes=[64, 512])),
-    ("smoke", ["--smoke-test"], dict(smoke_test=True, num_samples=None, set=[])),
+    ("smoke", ["--smoke-test"], dict(smoke_test=True, num_samples=3, overrides={"seed": 0})),
     ("gpu", ["--gpus-per-trial", "0.5"], dict(gpus_per_trial=0.5, max_concurrent=None)),
-    ("quiet-recipe", ["--quiet", "--recipe", "authors-code"], dict(quiet=True, recipe="authors-code")),
+    ("quiet-recipe", ["--quiet", "--recipe", "authors-code"], dict(verbose=0, recipe="authors-code")),
 ]
 
 
 @pytest.mark.parametrize("name,argv,expected", OPTUNA_CASES, ids=[c[0] for c in OPTUNA_CASES])
 def test_optuna_step_searches_with_the_presets_settings_into_the_same_store(name, argv, expected, tmp_path):
-    from sweeps import optuna_factor_lr
+    from sweeps.search import OptunaFactorLR
 
     args = build_parser().parse_args([*argv, "--out", str(tmp_path)])
     p = plan_table(args, env={}, find=lambda **kw: DataChoice("/data/fm", "shared", "from /data/fm"))
-    search = optuna_factor_lr.build_parser().parse_args(p.optuna_argv(args, "table1-x-optuna"))
+    opts = p.optuna_options(args, "table1-x-optuna")
+    assert isinstance(opts.search_kind, OptunaFactorLR)
+    seen = {**vars(opts), "num_samples": opts.search_kind.num_samples, "recipe": opts.experiment.recipe}
     for key, value in expected.items():
-        assert getattr(search, key) == value, (key, getattr(search, key))
-    assert search.experiment == "exp5" and search.name == "table1-x-optuna"
-    assert search.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}" and search.storage_path == str(tmp_path / "ray_results")
+        assert seen[key] == value, (key, seen[key])
+    assert opts.experiment.name == "exp5" and opts.name == "table1-x-optuna"
+    assert opts.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}" and opts.storage_path == str(tmp_path / "ray_results")
     if name == "mini":  # every key of the preset (and the data found), as the rows get them
-        from bigbatch.config import parse_set
-        assert parse_set(search.set) == p.overrides and parse_set(search.set)["lr"] == MINI.overrides["lr"]
+        assert opts.overrides == {**p.overrides, "seed": 0} and opts.overrides["lr"] == MINI.overrides["lr"]
+    assert opts.search_kind.factor_lr_min == 1.0 and opts.search_kind.factor_lr_max == 20.0
 
 
 @pytest.mark.parametrize("argv,fragment", BAD_OPTIONS)
@@ -208,6 +210,12 @@ def test_smoke_run_of_two_experiments_ends_with_the_report(tmp_path):
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "whole wall time:" in r.stdout
+        # progress as a long run shows it: step k of n, trials done of the total, elapsed, an estimate left
+        steps = part.index("--batch-sizes")
+        assert f"== step 1/{steps}: {part[0]}" in r.stdout
+        trials = 2 if part[0] == "exp1" else 1 + 3  # exp6 at one batch size, then 3 Optuna samples
+        last = [line for line in r.stdout.splitlines() if line.startswith("progress: ")][-1]
+        assert f"{trials}/{trials} trials done" in last and "about 0.0 min left" in last, last
     assert (out / "mlflow.db").is_file() and (out / "ray_results").is_dir()
     for name in ("report.md", "report.html", "table.md", "table.csv", "RUN.md"):
         assert (out / "report" / name).is_file() and (out / "report" / name).stat().st_size > 0, name
@@ -220,3 +228,29 @@ def test_smoke_run_of_two_experiments_ends_with_the_report(tmp_path):
     report = (out / "report" / "report.md").read_text()
     assert "## Optuna search over the CyclicLR factor" in report  # the search's trials reached the report
     print(f"table1 smoke wall time: {time.time() - t0:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------ progress
+PROGRESS_CASES = [  # (planned epochs per step, epochs done so far, seconds elapsed) -> the minutes left
+    ([("exp1", [10, 10]), ("exp2", [20, 40])], [10], 60.0, 7.0),  # 10 of 80 epochs in 1 min: 7 min for 70
+    ([("exp1", [10, 10]), ("exp2", [20, 40])], [10, 10, 20, 40], 600.0, 0.0),
+    ([("optuna", [5] * 6)], [5, 5, 5], 90.0, 1.5),
+]
+
+
+@pytest.mark.parametrize("steps,done,elapsed,left", PROGRESS_CASES)
+def test_progress_estimates_time_left_from_planned_epochs(steps, done, elapsed, left):
+    from sweeps.runner import Progress
+
+    lines, now = [], [0.0]
+    p = Progress(steps, out=lines.append, clock=lambda: now[0])
+    p.start(0)
+    assert lines[-1].startswith(f"== step 1/{len(steps)}: {steps[0][0]} ({len(steps[0][1])} trials)")
+    assert "an estimate after the first trial" in lines[-1] and p.left() is None
+    now[0] = elapsed
+    for work in done:
+        p.trial_done(work)
+    assert p.left() == pytest.approx(left * 60)
+    total = sum(len(w) for _, w in steps)
+    assert lines[-1] == (f"progress: step 1/{len(steps)} ({steps[0][0]}), {len(done)}/{total} trials done, "
+                         f"{elapsed / 60:.1f} min elapsed, about {left:.1f} min left")
