@@ -55,6 +55,8 @@ VARIANTS: dict[str, dict] = {
     "authors-0.4": {"keys": {"init": "authors", "epoch_scale": 0.4}},
     "torch-0.2": {"keys": {"init": "torch", "epoch_scale": 0.2}},
     "torch-0.4": {"keys": {"init": "torch", "epoch_scale": 0.4}},
+    # issue 22: the headline rows with the CIFAR ResNet-18 (the mini preset's init, so beside the committed VGG13 table)
+    "resnet18-0.1": {"keys": {"model": "resnet18", "init": "authors", "epoch_scale": 0.1}},
     "sqrt-torch-0.1": {"keys": {"init": "torch", "epoch_scale": 0.1, "lr_scaling": "sqrt"}, "lr_from": "torch-0.1",
                        "rows": ["exp3", "exp6"]},
     "sqrt-torch-0.4": {"keys": {"init": "torch", "epoch_scale": 0.4, "lr_scaling": "sqrt"}, "lr_from": "torch-0.4",
