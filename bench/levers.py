@@ -215,9 +215,21 @@ def summarize(out: Path, to: Path) -> int:
     to.mkdir(parents=True, exist_ok=True)
     rows = committed_rows()
     parts = []
+    # a variant whose store is not here (run in an earlier session; stores are not committed) keeps what the
+    # committed summary.csv and tables.md already hold for it
+    kept_rows = pd.read_csv(to / "summary.csv").to_dict("records") if (to / "summary.csv").exists() else []
+    kept_md = {}
+    if (to / "tables.md").exists():
+        for section in ("\n" + (to / "tables.md").read_text()).split("\n## ")[1:]:
+            kept_md[section.split(":", 1)[0]] = "## " + section.rstrip("\n") + "\n"
     for name in VARIANTS:
         store = out / name
-        if name == "authors-0.1" or not (store / "mlflow.db").exists():
+        if name == "authors-0.1":
+            continue
+        if not (store / "mlflow.db").exists():
+            rows += [r for r in kept_rows if r["variant"] == name]
+            if name in kept_md:
+                parts.append(kept_md[name])
             continue
         got, table, grid_md = store_rows(name, store)
         rows += got
