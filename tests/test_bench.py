@@ -152,3 +152,23 @@ def test_levers_steps_and_the_committed_table_as_a_variant():
     exp3 = {r["batch_size"]: r["test_acc_mean"] for r in rows if r["row"] == "exp3"}
     assert sorted(exp3) == [32, 64, 128, 256, 512, 1024] and exp3[1024] < exp3[32]
     assert set(levers.VARIANTS["sqrt-torch-0.4"]["rows"]) == {"exp3", "exp6"}
+
+
+def test_levers_summary_keeps_the_committed_rows_of_a_variant_whose_store_is_elsewhere(tmp_path):
+    """Stores are not committed: a summary rewritten on another machine keeps what summary.csv and tables.md
+    already hold for the variants it cannot read, and the committed table (authors-0.1) is always there."""
+    import pandas as pd
+
+    levers = load("levers.py")
+    to = tmp_path / "to"
+    to.mkdir()
+    kept = {"variant": "torch-0.1", "init": "torch", "epoch_scale": 0.1, "lr_scaling": "experiment's", "base_lr": 0.1,
+            "row": "exp1", "batch_size": 32, "steps": 2560, "n_seeds": 2, "test_acc_mean": 80.44, "test_acc_std": 0.71}
+    pd.DataFrame([kept]).to_csv(to / "summary.csv", index=False)
+    (to / "tables.md").write_text("## torch-0.1: init=\"torch\", base lr 0.1\n\nits table\n\n## gone-variant: x\n\nold\n")
+    assert levers.summarize(tmp_path / "no-stores", to) == 0
+    out = pd.read_csv(to / "summary.csv")
+    assert set(out["variant"]) == {"authors-0.1", "torch-0.1"} and list(out.columns) == levers.SUMMARY_COLUMNS
+    assert out[out["variant"] == "torch-0.1"].iloc[0]["test_acc_mean"] == 80.44
+    md = (to / "tables.md").read_text()
+    assert "## torch-0.1: init=\"torch\", base lr 0.1\n\nits table" in md and "gone-variant" not in md  # not a variant
