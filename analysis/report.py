@@ -24,11 +24,12 @@ import pandas as pd
 
 from bigbatch.config import DEFAULTS, OneLineArgumentParser, keys_with_role
 from bigbatch.experiments import PAPER_TABLE, TABLE_EXPERIMENTS, eq2_factor, load_experiment
-from bigbatch.schema import EXPERIMENT_PREFIX, ROLE_SWEEP, STATUSES, default_tracking_uri
+from bigbatch.schema import EXPERIMENT_PREFIX, ROLE_SWEEP, SCALING_EXPERIMENT, STATUSES, default_tracking_uri
 
 from . import figures as figs
 from . import lr_grid
 from . import measurements as measures
+from . import scaling
 from .cli import add_common_args, load_selected_runs, run_cli
 from .runs import load_history
 from .table import (Table, build_tables, fmt_num, fmt_value, markdown_table, paper_gap, paper_spread,
@@ -329,6 +330,8 @@ def write_report(tracking_uri: str | None = None, out_dir: str | Path = "report"
     out.mkdir(parents=True, exist_ok=True)
     fig_paths = figs.write_figures(runs, curves, out / "figures", tables)
     text = build_report(runs, tables, history, fig_paths, out, uri, per_epoch=curves)
+    if (runs["mlflow_experiment"] == SCALING_EXPERIMENT).any():  # the steps-to-target study: its own section
+        text += "\n" + scaling.study_section(scaling.load_study(uri), out, prefix="scaling_")[2]
     md_path = out / "report.md"
     md_path.write_text(text)
     (out / "report.html").write_text(to_html(text, title="bigbatch: Table I rebuilt"))

@@ -171,12 +171,14 @@ class RunConfig:
     device: str = role("bookkeeping", "auto")  # auto (cuda if available) | cpu | cuda | cuda:N
     compile: bool = role("bookkeeping", False)  # torch.compile the model (pays off only for long runs on a GPU)
     deterministic: bool = False  # deterministic algorithms on GPU (slower); CPU is always deterministic
+    stop_at_val_acc: float = 0.0  # > 0: end training at the first evaluation (a step one or an epoch's) whose validation accuracy (%) reaches this (status reached; the steps-to-target study); 0 = off
 
     # ---- measurements (bigbatch.measure): logged beside the run, never change its training ----
     gns_images: int = role("measurement", 1024)  # gradient noise scale: images per probe, in >= 2 batches of batch_size (0 = off); cost about max(gns_images, 2 bs) / n_train of an epoch
     gns_every: int = role("measurement", 2)  # epochs between gradient-noise-scale probes (2: at most ~3.7 % of training at the paper's scale, bench/RESULTS.md)
     sharpness_images: int = role("measurement", 1000)  # Hessian top eigenvalue of the best model on this many training images (0 = off); cost about 1-2 epochs of those images
     sharpness_iters: int = role("measurement", 20)  # power-iteration steps (Hessian-vector products) for the sharpness
+    step_eval_ratio: float = role("measurement", 0.0)  # > 1: also evaluate validation accuracy (no augmentation) after optimizer steps 1, 2, ... growing by this ratio (1.1: steps to a target resolved within 10 %); 0 = per epoch only
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -280,6 +282,10 @@ class RunConfig:
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{key} must lie in [0, 1], got {value}")
+        if not (self.step_eval_ratio == 0 or (math.isfinite(self.step_eval_ratio) and self.step_eval_ratio > 1)):
+            raise ConfigError(f"step_eval_ratio must be 0 (off) or a number above 1, got {self.step_eval_ratio}")
+        if not 0.0 <= self.stop_at_val_acc <= 100.0:
+            raise ConfigError(f"stop_at_val_acc must lie in [0, 100] (a validation accuracy in %; 0 = off), got {self.stop_at_val_acc}")
         if not 0.0 <= self.translate_frac < 0.5:
             raise ConfigError(f"translate_frac must lie in [0, 0.5), got {self.translate_frac}")
         if not 0.0 <= self.rotate_degrees <= 180.0:

@@ -52,7 +52,7 @@ import math
 from functools import partial
 from typing import Any, Callable
 
-__all__ = ["lr_schedule", "momentum_schedule", "epoch_of", "cyclic_step_size", "warmup_iters", "milestone_steps"]
+__all__ = ["lr_schedule", "momentum_schedule", "epoch_of", "cyclic_step_size", "warmup_iters", "milestone_steps", "eval_steps"]
 
 
 def epoch_of(step: int, steps_per_epoch: int) -> int:
@@ -193,3 +193,20 @@ def _cyclic(step: int, *, step_size: int, mode: str, gamma: float, low: float, h
         raise ValueError(f"unknown cyclic_mode {mode!r}; valid: triangular, triangular2, exp_range")
     height = (high - low) * scale_factor
     return low + height * scale if rising else high - height * scale
+
+
+def eval_steps(ratio: float, total: int) -> list[int]:
+    """The optimizer steps (counted from 1: after the first update) after which a run with ``step_eval_ratio``
+    ``ratio`` evaluates validation accuracy: 1, then each the larger of the previous + 1 and ceil(previous x
+    ratio), up to ``total``; [] when ``ratio`` is 0. A step count S between two of them is resolved to within
+    the ratio: the next evaluation comes at most (ratio - 1) x S steps after it (for S >= 1 / (ratio - 1))."""
+    if ratio == 0 or total <= 0:
+        return []
+    if not ratio > 1:
+        raise ValueError(f"ratio must be 0 or above 1, got {ratio}")
+    out = [1]
+    while True:
+        nxt = max(out[-1] + 1, math.ceil(out[-1] * ratio - 1e-9))
+        if nxt > total:
+            return out
+        out.append(nxt)

@@ -17,6 +17,7 @@ from pathlib import Path
 # ---------------------------------------------------------------------------------------------- experiments
 EXPERIMENT_PREFIX = "bigbatch-"  # MLflow experiment of a paper experiment: bigbatch-exp1 .. bigbatch-exp6
 OPTUNA_EXPERIMENT = EXPERIMENT_PREFIX + "optuna-factor-lr"  # the Optuna search over factor_lr
+SCALING_EXPERIMENT = EXPERIMENT_PREFIX + "scaling"  # the steps-to-target study (sweeps.scaling)
 
 
 def mlflow_experiment(experiment: str) -> str:
@@ -69,15 +70,18 @@ ROLE_SWEEP = "sweep"
 ROLE_TRIAL = "trial"
 
 # bigbatch.status values. diverged: the loss turned non-finite; the run still reports the best model
-# seen before (the paper's rule). stopped: ended early by a scheduler (ASHA, Optuna search).
-STATUSES = ("completed", "diverged", "stopped", "failed", "running")
-FINISHED = ("completed", "diverged")  # runs that carry final metrics (test_acc of the best-val model)
+# seen before (the paper's rule). stopped: ended early by a scheduler (ASHA, Optuna search). reached: ended at
+# its stop_at_val_acc target (the steps-to-target study), with final metrics like a completed run.
+STATUSES = ("completed", "diverged", "reached", "stopped", "failed", "running")
+FINISHED = ("completed", "diverged", "reached")  # runs that carry final metrics (test_acc of the best-val model)
 
 # ---------------------------------------------------------------------------------------------- metrics
 # Logged once per epoch, with step = the 1-based epoch.
 # gns: the gradient noise scale B_simple (EMA), gns_seconds its cost (bigbatch.measure; on epochs it is probed).
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "momentum", "epoch_seconds",
-                 "images_per_second", "gns", "gns_seconds")
+                 "images_per_second", "steps", "gns", "gns_seconds")
+# step_eval_ratio: validation accuracy after single optimizer steps, logged with step = the optimizer step (from 1)
+STEP_EVAL_METRIC = "val_acc_at_step"
 STEP_KEY = "val_acc"  # the epoch metric whose steps say which epochs a run already holds
 # Logged once at the end of a run (accuracies in %, as the paper's Table I).
 # sharpness: the training-loss Hessian's top eigenvalue at the best model (bigbatch.measure), with its cost.

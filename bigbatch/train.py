@@ -39,7 +39,7 @@ from .config import DEFAULTS, ConfigError, OneLineArgumentParser, RunConfig, key
 from .data import Augmenter, DataError, DataSplits, DeviceDataset, epoch_order, load_data, require_batch_fits
 from .measure import NoiseScaleProbe, sharpness
 from .model import build_model, model_keys
-from .schedules import lr_schedule, momentum_schedule
+from .schedules import eval_steps, lr_schedule, momentum_schedule
 
 CHECKPOINT = "last.pt"
 BEST_MODEL = "best_model.pt"
@@ -90,6 +90,7 @@ class Run:
     best_state: dict[str, torch.Tensor] | None = None
     best_saved_epoch: int = 0  # the epoch whose weights checkpoint_dir/best_model.pt holds (0: none)
     train_seconds: float = 0.0
+    eval_at: frozenset[int] = frozenset()  # step_eval_ratio: the optimizer steps (from 1) after which val is evaluated
 
     @property
     def step(self) -> int:
@@ -139,13 +140,17 @@ def setup(cfg: RunConfig, device: torch.device | None = None, data: DataSplits |
     if cfg.gns_images > 0:  # its own order generator and augmentation stream: the run's are untouched
         gns = NoiseScaleProbe(data.train, cfg.batch_size, cfg.gns_images, seed=cfg.seed + 3,
                               augment=Augmenter(cfg, device, seed=cfg.seed + 4))
+    eval_at = frozenset(eval_steps(cfg.step_eval_ratio, cfg.total_epochs * steps_per_epoch))
     return Run(cfg, device, data, model, optimizer, lr_at, momentum_at, steps_per_epoch, order_gen, augment,
-               torch.bfloat16 if cfg.precision == "bf16" else None, gns)
+               torch.bfloat16 if cfg.precision == "bf16" else None, gns, eval_at=eval_at)
 
 
 # ---------------------------------------------------------------------------------------------- loop
 def train_epoch(run: Run) -> dict[str, float]:
-    """One epoch of SGD. Returns train_loss, train_acc (%), lr, momentum, images, seconds."""
+    """One epoch of SGD. Returns train_loss, train_acc (%), lr, momentum, images, seconds, and the step
+    evaluations: ``step_evals`` ([step, val_acc] after each step of ``run.eval_at``; the epoch's last step is
+    left to the epoch's own evaluation unless that one augments) and ``steps`` (optimizer steps done in all).
+    With ``stop_at_val_acc``, an evaluation that reaches it ends the epoch there (``reached``: True)."""
     cfg, model, opt = run.cfg, run.model, run.optimizer
     train = run.data.train
     n, bs = len(train), cfg.batch_size
@@ -154,6 +159,11 @@ def train_epoch(run: Run) -> dict[str, float]:
     loss_sum = torch.zeros((), device=run.device)
     correct = torch.zeros((), device=run.device, dtype=torch.long)
     seen = 0
+    step_evals: list[list[float]] = []  # [step, val_acc] after the steps of run.eval_at in this epoch
+    eval_seconds = 0.0
+    last = run.step + run.steps_per_epoch  # the epoch's last step (from 1), evaluated by the epoch's own evaluation
+    reached = False
+    done = run.steps_per_epoch
     t0 = time.perf_counter()
     for i in range(run.steps_per_epoch):
         step = run.step + i
@@ -174,15 +184,28 @@ def train_epoch(run: Run) -> dict[str, float]:
         loss_sum += loss.detach().float() * count
         correct += (logits.detach().argmax(1) == y).sum()
         seen += count
+        if step + 1 in run.eval_at and (step + 1 != last or cfg.augment_val):
+            # eval mode, no augmentation: no random stream, running statistic or weight moves (training is the same)
+            t_eval = time.perf_counter()
+            acc = evaluate(run, run.data.val)[1]
+            step_evals.append([step + 1, acc])
+            model.train()
+            eval_seconds += time.perf_counter() - t_eval
+            if cfg.stop_at_val_acc and acc >= cfg.stop_at_val_acc:
+                reached, done = True, i + 1
+                break
     loss_value = (loss_sum / seen).item()  # the epoch's one synchronisation
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - eval_seconds
     return {
         "train_loss": loss_value,
         "train_acc": 100.0 * correct.item() / seen,
-        "lr": run.lr_at(run.step + run.steps_per_epoch - 1),
-        "momentum": run.momentum_at(run.step + run.steps_per_epoch - 1),
+        "lr": run.lr_at(run.step + done - 1),
+        "momentum": run.momentum_at(run.step + done - 1),
         "images": seen,
         "seconds": seconds,
+        "step_evals": step_evals,
+        "steps": run.step + done,
+        "reached": reached,
     }
 
 
@@ -333,6 +356,10 @@ def train(
                 break
             probe = measure_noise_scale(run) if run.gns is not None and (run.epoch + 1) % cfg.gns_every == 0 else {}
             val_loss, val_acc = evaluate(run, run.data.val, augment=cfg.augment_val)
+            step_evals = tr["step_evals"]
+            if cfg.step_eval_ratio and not cfg.augment_val and not tr["reached"]:
+                step_evals = [*step_evals, [tr["steps"], val_acc]]  # the epoch's own evaluation is a step evaluation too
+            reached = tr["reached"] or bool(cfg.stop_at_val_acc and val_acc >= cfg.stop_at_val_acc)
             run.epoch += 1
             best_changed = val_acc > run.best_val_acc
             if best_changed:
@@ -352,14 +379,20 @@ def train(
                 "images_per_second": tr["images"] / tr["seconds"],
                 "best_val_acc": run.best_val_acc,
                 "best_epoch": run.best_epoch,
+                "steps": tr["steps"],
                 **probe,
+                **({"step_evals": step_evals} if cfg.step_eval_ratio else {}),
             }
             run.history.append(metrics)
-            checkpointed = ckpt is not None and (run.epoch % checkpoint_every == 0 or run.epoch == total)
+            # a partial epoch (stopped at the target) is never checkpointed: a resume redoes it from the last whole one
+            checkpointed = ckpt is not None and not tr["reached"] and (run.epoch % checkpoint_every == 0 or run.epoch == total)
             if checkpointed:
                 save_checkpoint(run, ckpt)
             if report is not None:
                 report({**metrics, "checkpointed": checkpointed})
+            if reached:  # stop_at_val_acc (the steps-to-target study): the rest of the training is not needed
+                status = "reached"
+                break
         return _summary(run, status, diverged_epoch)  # evaluates the test set: may run out of memory too
     except torch.OutOfMemoryError:
         raise TrainingError(

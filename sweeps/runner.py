@@ -295,15 +295,16 @@ def repair_tune_state(path: Path) -> None:
             aside(f)
 
 
-def latest_sweep(storage: Path, experiment: str) -> str | None:
-    """The most recently started sweep of this experiment under storage (for --resume without --name)."""
+def latest_sweep(storage: Path, experiment: str, kind: str = "grid") -> str | None:
+    """The most recently started sweep of this experiment and search kind under storage (--resume without --name)."""
     candidates = []
     for f in storage.glob(f"*/{SWEEP_FILE}"):
         try:
             saved = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
-        if saved.get("options", {}).get("experiment") == experiment:
+        options = saved.get("options", {})
+        if options.get("experiment") == experiment and (options.get("search_kind") or {}).get("kind", "grid") == kind:
             candidates.append((f.stat().st_mtime, f.parent.name))
     return max(candidates)[1] if candidates else None
 
@@ -434,9 +435,9 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     if opts.resume and not opts.search_kind.resumable:
         raise ConfigError(f"a {opts.search_kind.kind} search has no --resume: run the same command with the same --name to continue it")
     if opts.resume:
-        name = opts.name or (latest_sweep(storage, exp.name) if storage.is_dir() else None)
+        name = opts.name or (latest_sweep(storage, exp.name, opts.search_kind.kind) if storage.is_dir() else None)
         path = storage / (name or "")
-        if not name or not tune.Tuner.can_restore(str(path)):
+        if not name or not (tune.Tuner.can_restore(str(path)) or (path / SWEEP_FILE).is_file()):
             named = f"named {opts.name!r} " if opts.name else ""
             raise SweepError(f"nothing to resume: no {exp.name} sweep {named}in {storage}")
         try:
@@ -454,7 +455,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     else:
         name = opts.name or default_name(exp, opts.smoke_test)
         path = storage / name
-        if tune.Tuner.can_restore(str(path)):
+        if tune.Tuner.can_restore(str(path)) or (path / SWEEP_FILE).is_file():
             raise SweepError(f"a sweep named {name!r} already exists in {storage}: use --resume to continue it, or another --name")
         uri = opts.tracking_uri
     spaces = tuple(opts.search_kind.spaces(opts))
@@ -545,12 +546,13 @@ def _run(plan: SweepPlan, gpus: float, train_fn, progress: "Progress | None" = N
         if job.label and opts.verbose:
             print(job.label, flush=True)
         callbacks = [progress.callback(job_ctx.base)] if progress is not None else []
-        if opts.resume:
-            repair_tune_state(plan.path)
+        job_path = plan.storage / job.run_name  # the grid's one job: the sweep's own directory
+        if opts.resume and tune.Tuner.can_restore(str(job_path)):  # a job that never started starts now
+            repair_tune_state(job_path)
             from .trainable import make_trainable
 
             trainable = tune.with_resources(make_trainable(job_ctx, train_fn), {"cpu": opts.cpus_per_trial, "gpu": gpus})
-            tuner = tune.Tuner.restore(str(plan.path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(str(job_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
             tuner = make_tuner(plan, job_ctx, job, gpus, train_fn, callbacks)
         results = list(tuner.fit())
@@ -622,7 +624,7 @@ def _finish(done: list[tuple[Job, list, SweepContext]], plan: SweepPlan, ctx: Sw
             print(f"failed {where}: {reason}")
         print(f"MLflow: experiment {ctx.run.mlflow_experiment}, parent run {ctx.run.parent_run_id}; view with: {ui_hint(plan.tracking_uri)}")
         if code and kind.resumable:
-            print(f"resume with: python -m sweeps.{plan.opts.experiment.name.replace('-', '_')} --resume --name {plan.name} "
+            print(f"resume with: python -m {kind.command(plan.opts)} --resume --name {plan.name} "
                   f"--storage-path {plan.storage}", flush=True)
         elif code:
             print(f"continue with: the same command and --name {plan.name}", flush=True)

@@ -205,9 +205,14 @@ def build_space(
     return space
 
 
+POINT = "point"  # a trial param holding several keys drawn together (the scaling study's lr and momentum)
+
+
 def trial_run_config(base: dict[str, Any], params: dict[str, Any]) -> RunConfig:
-    """The RunConfig of one trial: the shared base plus its hyperparameters (Tune's trial config)."""
-    return RunConfig.from_dict({**base, **params})
+    """The RunConfig of one trial: the shared base plus its hyperparameters (Tune's trial config); the keys of
+    a ``point`` param count as the trial's own (a grid over points: keys drawn together, not a product)."""
+    flat = {k: v for k, v in params.items() if k != POINT}
+    return RunConfig.from_dict({**base, **flat, **(params.get(POINT) or {})})
 
 
 def _fmt(value: Any) -> str:

@@ -419,6 +419,7 @@ class TrialLogger:
             for epoch in todo:
                 m = self.history[epoch]
                 batch = [Metric(k, float(m[k]), now, epoch) for k in schema.EPOCH_METRICS if m.get(k) is not None]
+                batch += [Metric(schema.STEP_EVAL_METRIC, float(acc), now, int(step)) for step, acc in m.get("step_evals") or ()]
                 self.client.log_batch(self.run_id, metrics=batch)
                 self.logged.add(epoch)
         except Exception as e:

@@ -42,6 +42,7 @@ def test_the_fit_recovers_s_min_and_b_crit(s_min, b_crit, noise, tol):
     ([32, 32], [100.0, 90.0], "one batch size"),
     ([32, 64, 128], [math.nan, math.nan, 10.0], "one finite point"),
     ([32, 64, 128], [400.0, 200.0, 100.0], "perfect scaling all the way: S_min = 0, no saturation seen"),
+    ([32, 64], [1.0, 3.0], "steps that grow with the batch size: E_min < 0, no B_crit (not a negative one)"),
 ])
 def test_a_b_crit_the_points_cannot_give_is_nan(bss, steps, why):
     assert math.isnan(fit(bss, steps).b_crit), why
