@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-sizes", type=int, nargs="+", metavar="BS", help=f"default {DEFAULT_SCALING_BATCH_SIZES} (smoke {SMOKE['batch_sizes']})")
     g.add_argument("--targets", type=float, nargs="+", metavar="ACC", help="validation accuracies (%%) to reach (default 70 75 80; smoke 15 25)")
     g.add_argument("--trials-per-batch-size", type=int, metavar="N", help="lr trials per batch size (default 6; smoke 2)")
-    g.add_argument("--max-epochs", type=int, help="the step cap, in epochs (RunConfig epochs; default 30; smoke 3)")
+    g.add_argument("--max-epochs", type=int, help="the step cap, in epochs (RunConfig epochs; default 40: bs 32 10,240 steps, bs 1024 320; smoke 3)")
     g.add_argument("--lr-min", type=float, default=0.01, help="lr range at --base-batch-size, low end (default 0.01)")
     g.add_argument("--lr-max", type=float, default=0.5, help="high end (default 0.5)")
     g.add_argument("--lr-bounds", choices=["scaled", "fixed"], default="scaled",
@@ -102,7 +102,7 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
             overrides[key] = getattr(args, key)
     if args.data_dir is not None:
         overrides["data_dir"] = str(Path(args.data_dir).expanduser().resolve())
-    max_epochs = args.max_epochs if args.max_epochs is not None else (SMOKE["max_epochs"] if smoke else 30)
+    max_epochs = args.max_epochs if args.max_epochs is not None else (SMOKE["max_epochs"] if smoke else 40)
     if max_epochs < 1:
         raise ConfigError(f"--max-epochs must be >= 1, got {max_epochs}")
     overrides.setdefault("epochs", max_epochs)
