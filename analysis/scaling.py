@@ -43,12 +43,12 @@ def steps_to_target(history: pd.DataFrame, target: float) -> pd.Series:
     return first.reindex(runs).astype("float64")
 
 
-def best_steps(trials: pd.DataFrame, history: pd.DataFrame, targets: list[float]) -> pd.DataFrame:
-    """Per target and batch size: the best steps over the trials, the lr of that trial, the examples
-    (steps x batch size), the trials run and the trials that reached the target (STEPS_COLUMNS).
+def best_trials(trials: pd.DataFrame, history: pd.DataFrame, targets: list[float]) -> pd.DataFrame:
+    """Per target and batch size: STEPS_COLUMNS plus ``run_id``, the trial that gave the best steps.
 
     ``trials``: one row per trial, columns run_id, batch_size, lr. Ties in steps go to the smaller lr. A batch
-    size none of whose trials reached the target has steps, examples and best_lr NaN (it is not dropped)."""
+    size none of whose trials reached the target has steps, examples, best_lr NaN and run_id None (it is not
+    dropped)."""
     rows = []
     for target in targets:
         steps = steps_to_target(history, target)
@@ -58,8 +58,16 @@ def best_steps(trials: pd.DataFrame, history: pd.DataFrame, targets: list[float]
             best = reached.sort_values(["steps", "lr"], kind="stable").iloc[0] if len(reached) else None
             s = float(best["steps"]) if best is not None else math.nan
             rows.append({"target": target, "batch_size": int(bs), "best_lr": float(best["lr"]) if best is not None else math.nan,
-                         "steps": s, "examples": s * int(bs), "n_trials": len(g), "n_reached": len(reached)})
-    return pd.DataFrame(rows, columns=STEPS_COLUMNS)
+                         "steps": s, "examples": s * int(bs), "n_trials": len(g), "n_reached": len(reached),
+                         "run_id": best["run_id"] if best is not None else None})
+    return pd.DataFrame(rows, columns=[*STEPS_COLUMNS, "run_id"])
+
+
+def best_steps(trials: pd.DataFrame, history: pd.DataFrame, targets: list[float]) -> pd.DataFrame:
+    """Per target and batch size: the best steps over the trials, the lr of that trial, the examples
+    (steps x batch size), the trials run and the trials that reached the target (STEPS_COLUMNS; see
+    ``best_trials``)."""
+    return best_trials(trials, history, targets)[STEPS_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -187,36 +195,51 @@ def study_tables(study: Study, n_boot: int = 1000) -> tuple[pd.DataFrame, pd.Dat
     """(steps_to_target.csv, fit.csv): the best steps per target and batch size; per target the fit, the
     bootstrap interval of B_crit and the median B_simple of the best trials (at their first probe, and at the
     last probe before they reached the target)."""
-    steps = best_steps(study.trials, study.history, study.targets)
+    best = best_trials(study.trials, study.history, study.targets)
     rows = []
     for target in study.targets:
-        pts = steps[steps["target"] == target]
+        pts = best[best["target"] == target]
         f = fit(pts["batch_size"], pts["steps"])
         lo, hi = bootstrap(study.trials, study.history, target, n=n_boot) if f.n_points >= 2 else (math.nan, math.nan)
-        first = steps_to_target(study.history, target)
-        best_ids = []
-        for _, p in pts.dropna(subset=["steps"]).iterrows():
-            t = study.trials[(study.trials["batch_size"] == p["batch_size"])].assign(s=lambda d: d["run_id"].map(first))
-            t = t[t["s"] == p["steps"]].sort_values("lr")
-            if len(t):
-                best_ids.append((t["run_id"].iloc[0], p["steps"]))
-        start = [noise_scale_at(study.epochs, r, None) for r, _ in best_ids]
-        at = [noise_scale_at(study.epochs, r, s) for r, s in best_ids]
+        reached = pts.dropna(subset=["steps"])
+        start = [noise_scale_at(study.epochs, r, None) for r in reached["run_id"]]
+        at = [noise_scale_at(study.epochs, r, s) for r, s in zip(reached["run_id"], reached["steps"])]
         med = lambda v: float(np.nanmedian(v)) if np.isfinite(v).any() else math.nan  # noqa: E731
         rows.append({"target": target, "s_min": f.s_min, "e_min": f.e_min, "b_crit": f.b_crit, "b_crit_lo": lo,
                      "b_crit_hi": hi, "b_simple_start": med(np.array(start, dtype=float)),
                      "b_simple_at_target": med(np.array(at, dtype=float))})
+    steps = best[STEPS_COLUMNS]
     return steps, pd.DataFrame(rows, columns=FIT_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------------- figures
-def plot_steps(steps: pd.DataFrame, fits: pd.DataFrame, path) -> None:
-    """Steps to target vs batch size, log2-log2, one line per target, its fit dashed, perfect scaling dotted."""
-    from .plotting import DPI, log2_axis, plt
+def _target_figure(steps: pd.DataFrame):
+    """(fig, ax, batch sizes, one colour per target) of a per-target figure against the batch size."""
+    from .plotting import plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    bss = sorted(steps["batch_size"].unique())
     colors = plt.get_cmap("plasma")(np.linspace(0.1, 0.8, max(1, steps["target"].nunique())))
+    return fig, ax, sorted(steps["batch_size"].unique()), colors
+
+
+def _save(fig, ax, path, ylabel: str, bss=None) -> None:
+    """Labels, legend and grid, then the PNG (a log2 batch-size x axis when ``bss`` is given)."""
+    from .plotting import DPI, log2_axis, plt
+
+    if bss is not None:
+        log2_axis(ax, bss)
+        ax.set_xlabel("batch size")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_steps(steps: pd.DataFrame, fits: pd.DataFrame, path) -> None:
+    """Steps to target vs batch size, log2-log2, one line per target, its fit dashed, perfect scaling dotted."""
+    fig, ax, bss, colors = _target_figure(steps)
     for color, (target, g) in zip(colors, steps.groupby("target", sort=True)):
         g = g.sort_values("batch_size")
         ax.plot(g["batch_size"], g["steps"], "o-", color=color, label=f"{target:g}% val.")
@@ -233,23 +256,12 @@ def plot_steps(steps: pd.DataFrame, fits: pd.DataFrame, path) -> None:
             ax.plot(bss, [s0 * b0 / b for b in bss], ":", color=color, alpha=0.5)
     ax.plot([], [], ":", color="grey", label="perfect scaling (steps halve)")
     ax.set_yscale("log", base=2)
-    log2_axis(ax, bss)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("optimizer steps to the target (best lr)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(fig, ax, path, "optimizer steps to the target (best lr)", bss)
 
 
 def plot_best_lr(steps: pd.DataFrame, path, base_batch_size: int | None = None) -> None:
     """The best lr per batch size and target, with eq. 1's linear and the sqrt rule from the smallest batch."""
-    from .plotting import DPI, log2_axis, plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    bss = sorted(steps["batch_size"].unique())
-    colors = plt.get_cmap("plasma")(np.linspace(0.1, 0.8, max(1, steps["target"].nunique())))
+    fig, ax, bss, colors = _target_figure(steps)
     anchor = None
     for color, (target, g) in zip(colors, steps.groupby("target", sort=True)):
         g = g.sort_values("batch_size").dropna(subset=["best_lr"])
@@ -262,19 +274,12 @@ def plot_best_lr(steps: pd.DataFrame, path, base_batch_size: int | None = None) 
         ax.plot(b, lr0 * b / b0, "k--", alpha=0.6, label="linear (eq. 1)")
         ax.plot(b, lr0 * np.sqrt(b / b0), "k:", alpha=0.6, label="sqrt")
     ax.set_yscale("log")
-    log2_axis(ax, bss)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("lr of the fewest steps")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(fig, ax, path, "lr of the fewest steps", bss)
 
 
 def plot_bcrit(fits: pd.DataFrame, path) -> None:
     """B_crit (bootstrap interval) and B_simple (first probe, at the target) per target."""
-    from .plotting import DPI, plt
+    from .plotting import plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     x = np.arange(len(fits))
@@ -296,12 +301,7 @@ def plot_bcrit(fits: pd.DataFrame, path) -> None:
     ax.set_xticklabels([f"{t:g}%" for t in fits["target"]])
     ax.set_yscale("log", base=2)
     ax.set_xlabel("validation target")
-    ax.set_ylabel("batch size")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(fig, ax, path, "batch size")
 
 
 # ---------------------------------------------------------------------------------------------- report section
