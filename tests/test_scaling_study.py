@@ -38,7 +38,7 @@ def test_eval_steps(ratio, total, expected):
 
 def test_eval_steps_resolve_within_the_ratio():
     steps = eval_steps(1.1, 10_000)
-    assert steps[0] == 1 and steps[-1] <= 10_000 and len(steps) < 110  # 87 evaluations over 10,000 steps
+    assert steps[0] == 1 and steps[-1] <= 10_000 and len(steps) == 78  # 78 evaluations over 10,000 steps
     for a, b in zip(steps, steps[1:]):
         assert b - a >= 1 and b <= max(a + 1, math.ceil(a * 1.1))  # the next one within 10 % (or the next step)
 

@@ -4,10 +4,6 @@ and the MLflow layout of docs/architecture.md checked with the MLflow client."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,16 +28,7 @@ def trial_runs(uri: str, experiment: str):
     return client, parents, children
 
 
-@pytest.fixture(scope="module")
-def exp6_smoke(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("exp6")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
-    t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "sweeps.exp6", "--smoke-test", "--storage-path", str(tmp / "rr"), "--name", "smoke6"],
-                       cwd=tmp, env=env, capture_output=True, text=True, timeout=400)
-    wall = time.time() - t0
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return tmp, r, wall
+# exp6_smoke: the session-scoped smoke sweep of tests/conftest.py (shared with tests/test_models_registry.py)
 
 
 def test_exp6_smoke_runs_to_the_end_with_a_trial_table(exp6_smoke):
