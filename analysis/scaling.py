@@ -222,6 +222,15 @@ def _target_figure(steps: pd.DataFrame):
     return fig, ax, sorted(steps["batch_size"].unique()), colors
 
 
+def _has_positive_y(ax) -> bool:
+    """Whether any line on ``ax`` has a finite y > 0 (else a log y axis has no range)."""
+    for line in ax.get_lines():
+        y = np.asarray(line.get_ydata(), dtype=float)
+        if np.any(np.isfinite(y) & (y > 0)):
+            return True
+    return False
+
+
 def _save(fig, ax, path, ylabel: str, bss=None) -> None:
     """Labels, legend and grid, then the PNG (a log2 batch-size x axis when ``bss`` is given)."""
     from .plotting import DPI, log2_axis, plt
@@ -230,6 +239,9 @@ def _save(fig, ax, path, ylabel: str, bss=None) -> None:
         log2_axis(ax, bss)
         ax.set_xlabel("batch size")
     ax.set_ylabel(ylabel)
+    if ax.get_yscale() == "log" and not _has_positive_y(ax):  # nothing reached: an empty log axis cannot be laid out
+        ax.set_ylim(1, 2)
+        ax.text(0.5, 0.5, "nothing to plot (no target reached?)", transform=ax.transAxes, ha="center", va="center", color="grey")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

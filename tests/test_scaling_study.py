@@ -200,6 +200,16 @@ def test_study_tables_pick_the_fewest_steps_and_keep_the_unreached():
     assert math.isnan(fits.set_index("target").loc[99.0, "b_crit"])
 
 
+def test_figures_of_a_study_that_reached_nothing(tmp_path):
+    """A target no trial reached leaves every value NaN: the three figures are still written (an empty log axis
+    once failed the whole study's analysis in CI)."""
+    steps, fits, section = an.study_section(_study((99.0,)), tmp_path, n_boot=20)
+    assert steps["steps"].isna().all() and fits["b_crit"].isna().all() and fits["b_simple_start"].isna().all()
+    for f in ("steps_to_target.png", "best_lr.png", "b_crit.png"):
+        assert (tmp_path / "figures" / f).stat().st_size > 1000
+    assert "Steps to a target" in section
+
+
 @pytest.mark.parametrize("steps,expected", [(None, 100.0), (15, 100.0), (16, 100.0), (31, 100.0), (32, 200.0), (1000, 200.0),
                                             (3, 100.0)])
 def test_noise_scale_at(steps, expected):
