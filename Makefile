@@ -31,8 +31,13 @@ demo: $(STAMP)
 	$(PY) -m sweeps.table1 --preset demo --experiments exp1 exp6 --out $(DEMO) --quiet
 	@echo; echo "browse the runs with: $(VENV)/bin/mlflow ui --backend-store-uri $(DEMO_URI)"
 
+# Two pytest-xdist workers, each module whole on one of them (its module fixtures run once), the modules with the
+# most slow tests first (tests/conftest.py); TEST_WORKERS=0 runs everything in this process. The 15 slowest
+# tests are listed at the end. Wall time on 2 cores: bench/RESULTS.md, "make test".
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

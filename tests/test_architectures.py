@@ -210,6 +210,7 @@ def test_the_train_cli_refuses_a_bad_model_path_in_one_line(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "model='nowhere.mod:net': cannot import nowhere" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_user_model_smoke_sweep_with_ghost_bn_logs_its_source(user_pkg, tmp_path):
     """`python -m sweeps.exp3 --smoke-test --set model=...` (exp3: ghost BN) with the user's package on
     PYTHONPATH: the trial trains the user's model and MLflow records its source file and hash."""

@@ -104,6 +104,7 @@ def test_norm_cost_times_each_variant_in_each_format(tmp_path):
         assert all(len(v) == 2 and min(v) > 0 for v in r["repeats"].values())
 
 
+@pytest.mark.slow
 def test_lr_limit_marks_the_linearly_scaled_lr_and_prints_every_cell(tmp_path):
     out = tmp_path / "lr_limit.json"
     # synthetic images, 1 and 2 epochs of 4 steps per run (epochs 10 x epoch_scale 0.1 and 0.2): the two-process

@@ -42,6 +42,7 @@ def _cli(tmp_path, name, **changes):
     return epochs, summary
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_identical_metrics_in_separate_processes(tmp_path):
     a_epochs, a_summary = _cli(tmp_path, "a")
     b_epochs, b_summary = _cli(tmp_path, "b")

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from reliability_helpers import run
 
 
+@pytest.mark.slow
 def test_register_and_load_round_trip(exp6_smoke, tmp_path):
     """On the session's exp6 smoke store (tests/conftest.py; its mlflow.db copied here, as registering writes)."""
     from mlflow.tracking import MlflowClient

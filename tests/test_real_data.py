@@ -89,6 +89,7 @@ def short_run_accuracy(exp: str, seed: int, data_dir: str) -> float:
 
 
 
+@pytest.mark.slow
 def test_ghost_bn_and_linear_scaling_beat_the_baseline_at_a_large_batch():
     data_dir = fashion_mnist_dir()
     base = short_run_accuracy("exp1", 0, data_dir)

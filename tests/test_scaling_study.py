@@ -221,6 +221,7 @@ def test_noise_scale_of_a_run_without_probes_is_nan():
 
 
 # ---------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_smoke_study_end_to_end(tmp_path):
     """python -m sweeps.scaling --smoke-test --out: Ray trials on synthetic data, MLflow evaluations per step,
     the analysis into both CSVs, the figures and the section; then --resume of the finished study runs nothing."""

@@ -215,6 +215,7 @@ def test_resource_checks_in_process(ray_session, argv, match, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------- the lr grid (issue 9.8)
+@pytest.mark.slow
 def test_lr_grid_smoke_sweep(tmp_path):
     """`python -m sweeps.lr_grid --smoke-test`: the paper's lr grid at bs 32, one trial per lr, in MLflow bigbatch-lr-grid."""
     from test_sweeps_e2e import trial_runs

@@ -34,6 +34,7 @@ def run_cli(cluster, tmp_path, *argv, timeout=300):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_smoke_sweep_on_a_two_node_cluster(cluster, tmp_path):
     r = run_cli(cluster, tmp_path, "--batch-sizes", "32", "64", "--name", "two-nodes")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

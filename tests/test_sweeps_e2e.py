@@ -31,6 +31,7 @@ def trial_runs(uri: str, experiment: str):
 # exp6_smoke: the session-scoped smoke sweep of tests/conftest.py (shared with tests/test_models_registry.py)
 
 
+@pytest.mark.slow
 def test_exp6_smoke_runs_to_the_end_with_a_trial_table(exp6_smoke):
     tmp, r, wall = exp6_smoke
     out = r.stdout

@@ -22,6 +22,7 @@ def assert_quiet_early_stops(out: str) -> None:
         assert sign not in out, out[-4000:]
 
 
+@pytest.mark.slow
 def test_asha_smoke_search_stops_trials_quietly(tmp_path):
     """An ASHA smoke search where most trials are stopped early (grace period 1, 6 samples): its whole output
     holds no crash dump; the stopped trials' runs are marked stopped."""
@@ -37,6 +38,7 @@ def test_asha_smoke_search_stops_trials_quietly(tmp_path):
     assert len(children) == 6 and all(c.data.tags["bigbatch.status"] in ("completed", "diverged", "stopped") for c in children)
 
 
+@pytest.mark.slow
 def test_optuna_smoke_search_persists_and_continues(tmp_path):
     import optuna
 

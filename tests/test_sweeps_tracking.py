@@ -94,6 +94,7 @@ def test_unreachable_tracking_server_loses_no_epoch(sweep, tmp_path, monkeypatch
     assert steps(again) == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_checkpoint_history_reads_what_train_saves(tmp_path):
     cfg = RunConfig(dataset="synthetic", synthetic_size=384, val_size=128, width_mult=0.125, epochs=2, eval_batch_size=256,
                     device="cpu")

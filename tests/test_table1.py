@@ -198,6 +198,7 @@ def test_mini_preset_arithmetic():
 
 
 # ------------------------------------------------------------------------------------------ smoke run
+@pytest.mark.slow
 def test_smoke_run_of_two_experiments_ends_with_the_report(tmp_path):
     out = tmp_path / "t1"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
