@@ -49,21 +49,14 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
     g = p.add_argument_group("what to train")
     g.add_argument("--batch-sizes", type=int, nargs="+", metavar="BS", help="batch sizes (default: the experiment's Table I row)")
     g.add_argument("--epochs", type=int, help="epochs at the base batch size (RunConfig epochs; default 100, smoke 2)")
-    g.add_argument("--dataset", help=" | ".join(DATASETS))
-    g.add_argument("--data-dir", help="dataset directory (made absolute: trials run in their own directories)")
-    g.add_argument("--recipe", choices=RECIPES, default=None, help="text (default): as the paper says; authors-code: as its code did")
+    add_data_args(g, recipe_default=None)
     g.add_argument("--seeds", type=int, metavar="K", help="repeat every point with K seeds (seed .. seed+K-1; default 1)")
     g.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override any RunConfig key (values parsed as JSON)")
     g.add_argument("--search", nargs="+", default=[], metavar="KEY=[V,...]",
                    help="the searched grid, replacing the experiment's (e.g. --search lr=[0.005,0.01,0.02]; values parsed as JSON)")
     g.add_argument("--config", metavar="SWEEP.JSON", help="a JSON object of sweep options and/or RunConfig keys (docs/sweeps.md)")
     g.add_argument("--smoke-test", action="store_true", default=None, help="narrow model, a few hundred synthetic images, 1-3 epochs")
-    r = p.add_argument_group("resources and cluster")
-    r.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack trials on one GPU (default: 1 if the cluster has GPUs, else 0)")
-    r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
-    r.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as resources allow)")
-    r.add_argument("--address", help="join an existing Ray cluster (auto, or host:6379); default: start Ray on this machine")
-    r.add_argument("--num-cpus", type=int, help="local Ray only: CPUs it may use (default: all)")
+    add_resource_args(p, cpus_default=None)  # None: a --config file may set it
     o = p.add_argument_group("storage, logging, faults")
     o.add_argument("--storage-path", help="Ray Tune results and checkpoints (default ./ray_results; on a cluster: a shared path)")
     o.add_argument("--name", help="sweep name (default <exp>-<recipe>[-smoke]-<UTC time>); also the MLflow parent run name")
@@ -73,6 +66,25 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
     o.add_argument("--checkpoint-every", type=int, help="epochs between trial checkpoints (default 1)")
     o.add_argument("--quiet", action="store_true", help="no trial table")
     return p
+
+
+def add_data_args(g: argparse._ActionsContainer, recipe_default: str | None = "text") -> None:
+    """--dataset, --data-dir, --recipe: the same in every sweep command."""
+    g.add_argument("--dataset", help=" | ".join(DATASETS))
+    g.add_argument("--data-dir", help="dataset directory (made absolute: trials run in their own directories)")
+    g.add_argument("--recipe", choices=RECIPES, default=recipe_default,
+                   help="text (default): as the paper says; authors-code: as its code did")
+
+
+def add_resource_args(p: argparse.ArgumentParser, cpus_default: float | None = 1.0) -> None:
+    """The "resources and cluster" group, the same in every sweep command."""
+    r = p.add_argument_group("resources and cluster")
+    r.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per trial; fractions pack trials on one GPU (default: 1 if the cluster has GPUs, else 0)")
+    r.add_argument("--cpus-per-trial", type=float, default=cpus_default, help="CPUs per trial (default 1)")
+    r.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as resources allow)")
+    r.add_argument("--address", help="join an existing Ray cluster (auto, or host:6379); default: start Ray on this machine")
+    r.add_argument("--num-cpus", type=int, help="local Ray only: CPUs it may use (default: all)")
 
 
 def parse_search(pairs: list[str]) -> dict[str, list[Any]]:

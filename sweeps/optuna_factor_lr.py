@@ -22,9 +22,9 @@ import argparse
 import sys
 
 from bigbatch.config import ConfigError, OneLineArgumentParser, parse_set
-from bigbatch.datasets import DATASETS
-from bigbatch.experiments import RECIPES, TABLE_EXPERIMENTS, load_experiment
+from bigbatch.experiments import TABLE_EXPERIMENTS, load_experiment
 
+from .cli import add_data_args, add_resource_args
 from .runner import SweepError, SweepOptions, default_name, run_sweep
 from .search import DEFAULT_OPTUNA_BATCH_SIZES as DEFAULT_BATCH_SIZES
 from .search import OptunaFactorLR
@@ -41,17 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial may be stopped (default: a tenth of the epochs)")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default 3)")
     p.add_argument("--epochs", type=int, help="epochs per trial (RunConfig epochs)")
-    p.add_argument("--dataset", help=" | ".join(DATASETS))
-    p.add_argument("--data-dir", help="dataset directory")
-    p.add_argument("--recipe", choices=RECIPES, default="text")
+    add_data_args(p)
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override any RunConfig key")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed and the trials' training seed")
     p.add_argument("--smoke-test", action="store_true", help="narrow model, synthetic images, 2 epochs, 3 samples per batch size")
-    p.add_argument("--gpus-per-trial", type=float, help="default: 1 if the cluster has GPUs, else 0")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--max-concurrent", type=int, help="trials at once per batch size (default: as resources allow)")
-    p.add_argument("--address", help="join an existing Ray cluster")
-    p.add_argument("--num-cpus", type=int, help="local Ray only: CPUs it may use")
+    add_resource_args(p)
     p.add_argument("--storage-path", help="Ray Tune results (default ./ray_results)")
     p.add_argument("--name", help="search name (default optuna-<exp>-<recipe>[-smoke]-<UTC time>); same name = continue the studies")
     p.add_argument("--study-storage", help="Optuna storage URL (default sqlite:///<storage-path>/<name>/optuna.db)")

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 from bigbatch.config import ConfigError, OneLineArgumentParser, parse_set
-from bigbatch.datasets import DATASETS
-from bigbatch.experiments import RECIPES, load_experiment
+from bigbatch.experiments import load_experiment
 
+from .cli import add_data_args, add_resource_args
 from .runner import Progress, SweepError, SweepOptions, default_name, planned_epochs, run_sweep
 from .search import DEFAULT_SCALING_BATCH_SIZES, StepsToTarget
 from .tracking import TrackingError
@@ -57,18 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--step-eval-ratio", type=float, default=1.1, help="evaluate after steps growing by this ratio (default 1.1: within 10%%)")
     g.add_argument("--preset", choices=["mini", "none"], default="mini",
                    help="mini (default): Fashion-MNIST, VGG13 width 0.125, 8,192 images (sweeps.table1's); none: the experiment's own data")
-    g.add_argument("--dataset", help=" | ".join(DATASETS))
-    g.add_argument("--data-dir", help="dataset directory")
-    g.add_argument("--recipe", choices=RECIPES, default="text")
+    add_data_args(g)
     g.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override any RunConfig key (not lr: it is searched)")
     g.add_argument("--seed", type=int, default=0, help="the quasi-random points' seed and the trials' training seed")
     g.add_argument("--smoke-test", action="store_true", help="synthetic images, narrow model, 2 batch sizes x 2 trials, 3 epochs")
-    r = p.add_argument_group("resources and cluster")
-    r.add_argument("--gpus-per-trial", type=float, help="default: 1 if the cluster has GPUs, else 0")
-    r.add_argument("--cpus-per-trial", type=float, default=1.0)
-    r.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as resources allow)")
-    r.add_argument("--address", help="join an existing Ray cluster")
-    r.add_argument("--num-cpus", type=int, help="local Ray only: CPUs it may use")
+    add_resource_args(p)
     o = p.add_argument_group("storage, logging, faults")
     o.add_argument("--out", help="one folder for everything: OUT/ray_results, OUT/mlflow.db, and the analysis in OUT/scaling/")
     o.add_argument("--storage-path", help="Ray Tune results (default ./ray_results, or OUT/ray_results)")
