@@ -221,18 +221,25 @@ def summarize(out: Path, to: Path) -> int:
     kept_md = {}
     if (to / "tables.md").exists():
         for section in ("\n" + (to / "tables.md").read_text()).split("\n## ")[1:]:
-            kept_md[section.split(":", 1)[0]] = "## " + section.rstrip("\n") + "\n"
+            kept_md.setdefault(section.split(":", 1)[0].split(" ")[0], []).append("## " + section.rstrip("\n") + "\n")
     for name in VARIANTS:
         store = out / name
         if name == "authors-0.1":
             continue
         if not (store / "mlflow.db").exists():
             rows += [r for r in kept_rows if r["variant"] == name]
-            if name in kept_md:
-                parts.append(kept_md[name])
+            parts += kept_md.get(name, [])
             continue
         got, table, grid_md = store_rows(name, store)
         rows += got
+        # rows of this variant that an earlier session's store finished and this one has not (a variant run in
+        # parts across sessions): kept from the committed summary, with that session's section of tables.md
+        earlier = [r for r in kept_rows if r["variant"] == name and r["row"] not in {g["row"] for g in got}]
+        rows += earlier
+        if earlier:
+            label = f"## {name} (earlier rows: {', '.join(sorted({r['row'] for r in earlier}))}):"
+            parts += [md if "(earlier rows" in md.split("\n", 1)[0] else md.replace(f"## {name}:", label, 1)
+                      for md in kept_md.get(name, [])]
         if table is not None:
             log = json.loads((store / "levers.json").read_text()) if (store / "levers.json").exists() else []
             parts.append(f"## {name}: {' '.join(sets(VARIANTS[name]['keys']))}, base lr {grid_pick(out_of(store, name)):g}\n")

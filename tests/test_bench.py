@@ -173,3 +173,29 @@ def test_levers_summary_keeps_the_committed_rows_of_a_variant_whose_store_is_els
     assert out[out["variant"] == "torch-0.1"].iloc[0]["test_acc_mean"] == 80.44
     md = (to / "tables.md").read_text()
     assert "## torch-0.1: init=\"torch\", base lr 0.1\n\nits table" in md and "gone-variant" not in md  # not a variant
+
+
+def test_levers_summary_merges_a_variant_run_in_parts_across_sessions(tmp_path, monkeypatch):
+    """A variant whose rows ran in two sessions: this session's store has exp6, the committed summary has the
+    earlier store's exp1; both stay, and the earlier section of tables.md is kept, labelled with its rows."""
+    import pandas as pd
+
+    levers = load("levers.py")
+    to, out = tmp_path / "to", tmp_path / "runs"
+    to.mkdir()
+    (out / "authors-0.4").mkdir(parents=True)
+    (out / "authors-0.4" / "mlflow.db").touch()
+    line = {"variant": "authors-0.4", "init": "authors", "epoch_scale": 0.4, "lr_scaling": "experiment's",
+            "base_lr": 0.1, "row": "exp1", "batch_size": 32, "steps": 10240, "n_seeds": 2, "test_acc_mean": 85.0,
+            "test_acc_std": 0.5}
+    pd.DataFrame([line, {**line, "row": "exp6", "test_acc_mean": 1.0}]).to_csv(to / "summary.csv", index=False)
+    (to / "tables.md").write_text("## authors-0.4: init=\"authors\" epoch_scale=0.4, base lr 0.1\n\nexp1 table\n")
+    monkeypatch.setattr(levers, "store_rows", lambda name, store: ([{**line, "row": "exp6", "test_acc_mean": 80.0}], None, ""))
+    assert levers.summarize(out, to) == 0
+    got = pd.read_csv(to / "summary.csv")
+    mine = got[got["variant"] == "authors-0.4"].set_index("row")["test_acc_mean"].to_dict()
+    assert mine == {"exp1": 85.0, "exp6": 80.0}  # exp1 kept; exp6 from the store replaces the committed line
+    md = (to / "tables.md").read_text()
+    assert "## authors-0.4 (earlier rows: exp1): init=\"authors\" epoch_scale=0.4, base lr 0.1\n\nexp1 table" in md
+    assert levers.summarize(tmp_path / "no-stores", to) == 0  # the next session, no store: both sections stay
+    assert "(earlier rows: exp1)" in (to / "tables.md").read_text()
