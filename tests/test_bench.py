@@ -199,3 +199,11 @@ def test_levers_summary_merges_a_variant_run_in_parts_across_sessions(tmp_path, 
     assert "## authors-0.4 (earlier rows: exp1): init=\"authors\" epoch_scale=0.4, base lr 0.1\n\nexp1 table" in md
     assert levers.summarize(tmp_path / "no-stores", to) == 0  # the next session, no store: both sections stay
     assert "(earlier rows: exp1)" in (to / "tables.md").read_text()
+
+
+def test_levers_takes_the_pick_of_a_grid_run_in_an_earlier_session_from_its_committed_log(tmp_path):
+    levers = load("levers.py")
+    assert levers.grid_pick(tmp_path / "torch-0.1") == 0.1  # no store here: docs/.../levers/torch-0.1/levers.json
+    assert levers.has_committed_pick("authors-0.2") and not levers.has_committed_pick("sqrt-authors-0.4")
+    with pytest.raises(SystemExit, match="no committed lr-grid pick of sqrt-authors-0.4"):
+        levers.grid_pick(tmp_path / "sqrt-authors-0.4")
