@@ -92,33 +92,27 @@ def grid_pick(store: Path) -> float:
     from analysis.runs import load_runs
 
     summary = summarize(load_runs(f"sqlite:///{store / 'mlflow.db'}")) if (store / "mlflow.db").exists() else None
-    if (summary is None or not len(summary)) and has_committed_pick(store.name):
-        return committed_pick(store.name)  # a store without its grid (run in an earlier session), or none here
-    if summary is None:
-        raise SystemExit(f"error: no store in {store} and no committed lr-grid pick of {store.name}")
+    if summary is None or not len(summary):  # a store without its grid (run in an earlier session), or none here
+        pick = committed_pick(store.name)
+        if pick is not None:
+            return pick
+        if summary is None:
+            raise SystemExit(f"error: no store in {store} and no committed lr-grid pick of {store.name}")
     chosen = summary[summary["chosen"] & (summary["batch_size"] == 32)]
     if len(chosen) != 1:
         raise SystemExit(f"error: no lr-grid pick in {store} (rows: {len(summary)})")
     return float(chosen["lr"].iloc[0])
 
 
-def _committed_picks(variant: str) -> tuple[Path, set[str]]:
+def committed_pick(variant: str) -> float | None:
+    """The base lr of ``variant``'s rows from docs/results/fashion-mnist-mini/levers/<variant>/levers.json (the rows
+    step is named "rows ... at lr <pick>"): a variant whose grid ran in an earlier session; None if it records none."""
     path = COMMITTED_DIR / variant / "levers.json"
-    return path, {m.group(1) for s in (json.loads(path.read_text()) if path.exists() else [])
-                  if (m := re.search(r" at lr (\S+)$", s["step"]))}
-
-
-def has_committed_pick(variant: str) -> bool:
-    return bool(_committed_picks(variant)[1])
-
-
-def committed_pick(variant: str) -> float:
-    """The base lr of ``variant``'s rows, from docs/results/fashion-mnist-mini/levers/<variant>/levers.json (the
-    rows step is named "rows ... at lr <pick>"): a variant whose grid ran in an earlier session."""
-    path, picks = _committed_picks(variant)
-    if len(picks) != 1:
-        raise SystemExit(f"error: no lr-grid pick of {variant}: no store here and {path} records {sorted(picks) or 'none'}")
-    return float(picks.pop())
+    picks = {m.group(1) for s in (json.loads(path.read_text()) if path.exists() else [])
+             if (m := re.search(r" at lr (\S+)$", s["step"]))}
+    if len(picks) > 1:
+        raise SystemExit(f"error: {path} records more than one lr-grid pick: {sorted(picks)}")
+    return float(picks.pop()) if picks else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     uri = f"sqlite:///{store / 'mlflow.db'}"
     source = out / variant["lr_from"] if "lr_from" in variant else store
-    if "lr_from" not in variant and not (store / "mlflow.db").exists() and not has_committed_pick(args.variant):
+    if "lr_from" not in variant and not (store / "mlflow.db").exists() and committed_pick(args.variant) is None:
         preset = {k: v for k, v in MINI.overrides.items() if k not in ("dataset", "lr")}
         cmd = [sys.executable, "-m", "sweeps.lr_grid", "--dataset", "fashion-mnist", "--data-dir", data.data_dir,
                "--set", "download=false", *sets({**preset, **variant["keys"]}),

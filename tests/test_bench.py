@@ -204,6 +204,6 @@ def test_levers_summary_merges_a_variant_run_in_parts_across_sessions(tmp_path, 
 def test_levers_takes_the_pick_of_a_grid_run_in_an_earlier_session_from_its_committed_log(tmp_path):
     levers = load("levers.py")
     assert levers.grid_pick(tmp_path / "torch-0.1") == 0.1  # no store here: docs/.../levers/torch-0.1/levers.json
-    assert levers.has_committed_pick("authors-0.2") and not levers.has_committed_pick("sqrt-authors-0.4")
+    assert levers.committed_pick("authors-0.2") == 0.1 and levers.committed_pick("sqrt-authors-0.4") is None
     with pytest.raises(SystemExit, match="no committed lr-grid pick of sqrt-authors-0.4"):
         levers.grid_pick(tmp_path / "sqrt-authors-0.4")
