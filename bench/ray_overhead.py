@@ -186,7 +186,7 @@ def run_tuner(cfg: RunConfig, args, workdir: Path) -> dict:
     from ray import tune
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     try:
         trainable = tune.with_resources(_tuner_trainable, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
         tuner = tune.Tuner(
