@@ -150,7 +150,8 @@ def train_epoch(run: Run) -> dict[str, float]:
     """One epoch of SGD. Returns train_loss, train_acc (%), lr, momentum, images, seconds, and the step
     evaluations: ``step_evals`` ([step, val_acc] after each step of ``run.eval_at``; the epoch's last step is
     left to the epoch's own evaluation unless that one augments) and ``steps`` (optimizer steps done in all).
-    With ``stop_at_val_acc``, an evaluation that reaches it ends the epoch there (``reached``: True)."""
+    With ``stop_at_val_acc``, an evaluation that reaches it ends the epoch there (``reached``: its (val_loss,
+    val_acc), which the epoch's own evaluation reuses: the same model, so evaluating it again would only cost time)."""
     cfg, model, opt = run.cfg, run.model, run.optimizer
     train = run.data.train
     n, bs = len(train), cfg.batch_size
@@ -162,7 +163,7 @@ def train_epoch(run: Run) -> dict[str, float]:
     step_evals: list[list[float]] = []  # [step, val_acc] after the steps of run.eval_at in this epoch
     eval_seconds = 0.0
     last = run.step + run.steps_per_epoch  # the epoch's last step (from 1), evaluated by the epoch's own evaluation
-    reached = False
+    reached: tuple[float, float] | None = None
     done = run.steps_per_epoch
     t0 = time.perf_counter()
     for i in range(run.steps_per_epoch):
@@ -187,12 +188,12 @@ def train_epoch(run: Run) -> dict[str, float]:
         if step + 1 in run.eval_at and (step + 1 != last or cfg.augment_val):
             # eval mode, no augmentation: no random stream, running statistic or weight moves (training is the same)
             t_eval = time.perf_counter()
-            acc = evaluate(run, run.data.val)[1]
+            val_loss, acc = evaluate(run, run.data.val)
             step_evals.append([step + 1, acc])
             model.train()
             eval_seconds += time.perf_counter() - t_eval
             if cfg.stop_at_val_acc and acc >= cfg.stop_at_val_acc:
-                reached, done = True, i + 1
+                reached, done = (val_loss, acc), i + 1
                 break
     loss_value = (loss_sum / seen).item()  # the epoch's one synchronisation
     seconds = time.perf_counter() - t0 - eval_seconds
@@ -355,11 +356,14 @@ def train(
                 status, diverged_epoch = "diverged", run.epoch + 1
                 break
             probe = measure_noise_scale(run) if run.gns is not None and (run.epoch + 1) % cfg.gns_every == 0 else {}
-            val_loss, val_acc = evaluate(run, run.data.val, augment=cfg.augment_val)
+            if tr["reached"] and not cfg.augment_val:
+                val_loss, val_acc = tr["reached"]  # the step evaluation that reached the target, not a second pass
+            else:
+                val_loss, val_acc = evaluate(run, run.data.val, augment=cfg.augment_val)
             step_evals = tr["step_evals"]
             if cfg.step_eval_ratio and not cfg.augment_val and not tr["reached"]:
                 step_evals = [*step_evals, [tr["steps"], val_acc]]  # the epoch's own evaluation is a step evaluation too
-            reached = tr["reached"] or bool(cfg.stop_at_val_acc and val_acc >= cfg.stop_at_val_acc)
+            reached = tr["reached"] is not None or bool(cfg.stop_at_val_acc and val_acc >= cfg.stop_at_val_acc)
             run.epoch += 1
             best_changed = val_acc > run.best_val_acc
             if best_changed:

@@ -12,6 +12,7 @@ from analysis import scaling as an
 from bigbatch.config import ConfigError, RunConfig
 from bigbatch.schedules import eval_steps
 from bigbatch.train import CHECKPOINT, train
+import bigbatch.train as train_module
 from sweeps.search import StepsToTarget, log_between, qmc_unit_points
 
 # learns a little in 3 epochs (validation 10% -> ~35%), new best accuracies inside epochs: seconds per run
@@ -87,16 +88,21 @@ def _first_reach(evals, target):
     return next(s for s, a in evals if a >= target)
 
 
-def test_stops_at_the_first_evaluation_that_reaches_the_target(plain_and_evaluated):
+def test_stops_at_the_first_evaluation_that_reaches_the_target(plain_and_evaluated, monkeypatch):
     _, evaluated = plain_and_evaluated
     evals = _evals(evaluated)
     # a target first reached strictly inside an epoch (not at its end), after the first evaluation
     target, step = next((a, s) for s, a in evals[1:] if s % SPE and all(b < a for t, b in evals if t < s))
+    passes = []  # every pass over the validation set
+    real = train_module.evaluate
+    monkeypatch.setattr(train_module, "evaluate", lambda run, ds, **kw: (passes.append(ds is run.data.val), real(run, ds, **kw))[1])
     stopped = train(RunConfig(**TINY, step_eval_ratio=1.1, stop_at_val_acc=target))
     assert stopped["status"] == "reached"
     assert _evals(stopped) == [e for e in evals if e[0] <= step]  # the same evaluations up to it, none after
     assert stopped["history"][-1]["steps"] == step and stopped["epochs_run"] == math.ceil(step / SPE)
     assert stopped["best_val_acc"] >= target
+    assert stopped["history"][-1]["val_acc"] == target  # the epoch's record is the evaluation that reached it ...
+    assert sum(passes) == len(_evals(stopped))  # ... not a second pass over the same model
 
 
 def test_a_target_never_reached_trains_to_the_cap(plain_and_evaluated):
