@@ -291,17 +291,20 @@ def gap_figure(frame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
-    plain = frame[frame["lr_scaling"] == "experiment's"]
+    # one line per init under the experiments' own lr rule, and the sqrt-rule variants as their own markers
+    lines = [(init, "experiment's", style, f"init {init}") for init, style in (("authors", "o-"), ("torch", "s--"))]
+    lines += [(init, "sqrt", style, f"init {init}, sqrt lr rule") for init, style in (("authors", "v:"), ("torch", "^:"))]
     for ax, row in zip(axes, ("exp1", "exp3", "exp6")):
-        for init, style in (("authors", "o-"), ("torch", "s--")):
+        for init, rule, style, label in lines:
             points = []
-            for variant, g in plain[(plain["row"] == row) & (plain["init"] == init)].groupby("variant"):
+            chosen = frame[(frame["row"] == row) & (frame["init"] == init) & (frame["lr_scaling"] == rule)]
+            for variant, g in chosen.groupby("variant"):
                 by_bs = dict(zip(g["batch_size"], g["test_acc_mean"]))
                 if 32 in by_bs and 1024 in by_bs:
                     points.append((int(g[g["batch_size"] == 1024]["steps"].iloc[0]), by_bs[32] - by_bs[1024]))
             if points:
                 xs, ys = zip(*sorted(points))
-                ax.plot(xs, ys, style, label=f"init {init}")
+                ax.plot(xs, ys, style, label=label)
         ax.plot([PAPER_STEPS_1024], [PAPER_GAP[row]], "k*", markersize=12, label="paper (CIFAR-10, 100 epochs)")
         ax.set_xscale("log", base=2)
         ax.set_title(row)

@@ -207,3 +207,25 @@ def test_levers_takes_the_pick_of_a_grid_run_in_an_earlier_session_from_its_comm
     assert levers.committed_pick("authors-0.2") == 0.1 and levers.committed_pick("sqrt-authors-0.4") is None
     with pytest.raises(SystemExit, match="no committed lr-grid pick of sqrt-authors-0.4"):
         levers.grid_pick(tmp_path / "sqrt-authors-0.4")
+
+
+def test_levers_gap_figure_draws_the_sqrt_variants_as_their_own_line(tmp_path, monkeypatch):
+    """One line per (init, lr rule): a sqrt-rule variant is never joined to the eq. 1 line of its init."""
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    levers = load("levers.py")
+    drawn = []
+    real = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda ax, *a, **kw: (drawn.append((ax.get_title(), kw.get("label"), a[:2])), real(ax, *a, **kw))[1])
+    line = {"init": "torch", "epoch_scale": 0.4, "base_lr": 0.1, "row": "exp6", "n_seeds": 2, "test_acc_std": 0.0}
+    frame = pd.DataFrame([{**line, "variant": v, "lr_scaling": rule, "batch_size": bs, "steps": steps, "test_acc_mean": acc}
+                          for v, rule, acc1024 in (("torch-0.4", "experiment's", 50.0), ("sqrt-torch-0.4", "sqrt", 80.0))
+                          for bs, steps, acc in ((32, 10240, 85.0), (1024, 320, acc1024))])
+    levers.gap_figure(frame, tmp_path / "gap.png")
+    assert (tmp_path / "gap.png").stat().st_size > 0
+    mine = {label: (list(xs), list(ys)) for _, label, (xs, ys) in drawn if label and "paper" not in label}
+    assert mine == {"init torch": ([320], [35.0]), "init torch, sqrt lr rule": ([320], [5.0])}
