@@ -48,6 +48,7 @@ COMMIT = git_commit()  # the code the study starts with
 COMMITTED_DIR = common.ROOT / "docs" / "results" / "fashion-mnist-mini" / "levers"  # each variant's levers.json
 GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]  # the committed mini run's grid (docs/results/fashion-mnist-mini)
 HEADLINE = ["exp1", "exp3", "exp6"]
+UNSCALED_ROWS = ("exp1", "exp2")  # rows whose experiment scales no lr: a variant that sets lr_scaling must not run them
 
 # name -> the RunConfig keys it sets on top of the mini preset (and, optionally, whose grid gives its lr)
 VARIANTS: dict[str, dict] = {
@@ -131,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {' '.join(sets(v['keys']))}" + (f" (lr from {v['lr_from']})" if "lr_from" in v else ""))
         return 0
     variant = VARIANTS[args.variant]
+    rows = args.rows or variant.get("rows", HEADLINE)
+    unscaled = [r for r in rows if r in UNSCALED_ROWS]
+    if "lr_scaling" in variant["keys"] and unscaled:  # --set would give the baseline rows a scaled lr
+        print(f"error: {' '.join(unscaled)} scale no lr (lr_scaling none): their rows are "
+              f"{variant.get('lr_from', 'the variant without lr_scaling')}'s, not {args.variant}'s", file=sys.stderr)
+        return 2
     out = Path(args.out).resolve()
     store = out / args.variant
     store.mkdir(parents=True, exist_ok=True)
@@ -152,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     lr = grid_pick(source)
     print(f"== base lr {lr:g}: the lr grid's pick in {source.name}", flush=True)
-    rows = args.rows or variant.get("rows", HEADLINE)
     cmd = [sys.executable, "-m", "sweeps.table1", "--preset", "mini", "--experiments", *rows,
            "--set", *sets(variant["keys"]), f"lr={lr!r}", "--out", str(store), "--quiet"]
     return run(cmd, log, store, f"rows {' '.join(rows)} at lr {lr:g}")
@@ -311,7 +317,11 @@ def gap_figure(frame, path: Path) -> None:
         ax.set_xlabel("optimizer steps at bs 1024")
         ax.axhline(0, color="grey", linewidth=0.5)
     axes[0].set_ylabel("gap: test % at bs 32 minus bs 1024")
-    axes[0].legend(fontsize=8)
+    handles = {}  # every line's label once (a sqrt variant draws no exp1 line, so axes[0] alone would miss it)
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    axes[0].legend(handles.values(), handles.keys(), fontsize=8)
     fig.suptitle("Fashion-MNIST mini setting: the gap against the step budget (issue 20's levers)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

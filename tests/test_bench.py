@@ -229,3 +229,11 @@ def test_levers_gap_figure_draws_the_sqrt_variants_as_their_own_line(tmp_path, m
     assert (tmp_path / "gap.png").stat().st_size > 0
     mine = {label: (list(xs), list(ys)) for _, label, (xs, ys) in drawn if label and "paper" not in label}
     assert mine == {"init torch": ([320], [35.0]), "init torch, sqrt lr rule": ([320], [5.0])}
+
+
+def test_levers_refuses_baseline_rows_for_a_variant_that_sets_the_lr_rule(tmp_path, capsys):
+    """--set lr_scaling=sqrt would give exp1/exp2 (which scale no lr) a scaled lr: refused before anything runs."""
+    levers = load("levers.py")
+    assert levers.main(["--variant", "sqrt-torch-0.4", "--out", str(tmp_path), "--rows", "exp2", "exp4"]) == 2
+    assert capsys.readouterr().err.strip() == "error: exp2 scale no lr (lr_scaling none): their rows are torch-0.4's, not sqrt-torch-0.4's"
+    assert not (tmp_path / "sqrt-torch-0.4").exists()
