@@ -14,7 +14,8 @@ grid already ran (``levers.json`` has its pick) goes straight to its rows, so a 
 
     python bench/levers.py --variant torch-0.1 --out runs/levers
     python bench/levers.py --variant authors-0.4 --out runs/levers --rows exp2 exp4 exp5 optuna
-    python bench/levers.py --variant sqrt-torch-0.4 --out runs/levers      # lr_scaling=sqrt: exp3, exp6 only
+    python bench/levers.py --variant sqrt-torch-0.4 --out runs/levers      # lr_scaling=sqrt: exp3, exp6 (exp3-6 with --rows;
+                                                                           # exp1, exp2 scale no lr: refused)
     python bench/levers.py --list
     python bench/levers.py --summarize --out runs/levers --to docs/results/fashion-mnist-mini/levers
 
@@ -22,7 +23,7 @@ grid already ran (``levers.json`` has its pick) goes straight to its rows, so a 
 from ``docs/results/fashion-mnist-mini/table.csv``) into ``summary.csv`` (one line per variant x row x batch
 size), ``tables.md`` (one table per variant, the committed table's layout, the paper's values beside) and
 ``gap_vs_steps.png`` (the gap bs 32 - bs 1024 of exp1, exp3, exp6 against the steps at bs 1024, one line per
-init, the paper's point at 4,000 steps marked).
+init and lr rule, the paper's point at 4,000 steps marked).
 
 A variant with ``lr_from`` takes its base lr from another variant's grid (the sqrt variants: the lr rule is
 the lever, so the lr is the pick of the variant they modify) and runs no grid of its own.
