@@ -41,15 +41,16 @@ from pathlib import Path
 
 import common  # bench/common.py (puts the repository root on sys.path)
 
+from bigbatch.config import ConfigError, RunConfig
+from bigbatch.experiments import load_experiment
 from bigbatch.schema import git_commit
-from sweeps.table1 import MINI, find_fashion_mnist
+from sweeps.table1 import MINI, OPTUNA, find_fashion_mnist
 
 COMMIT = git_commit()  # the code the study starts with
 
 COMMITTED_DIR = common.ROOT / "docs" / "results" / "fashion-mnist-mini" / "levers"  # each variant's levers.json
 GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]  # the committed mini run's grid (docs/results/fashion-mnist-mini)
 HEADLINE = ["exp1", "exp3", "exp6"]
-UNSCALED_ROWS = ("exp1", "exp2")  # rows whose experiment scales no lr: a variant that sets lr_scaling must not run them
 
 # name -> the RunConfig keys it sets on top of the mini preset (and, optionally, whose grid gives its lr)
 VARIANTS: dict[str, dict] = {
@@ -117,6 +118,11 @@ def committed_pick(variant: str) -> float | None:
     return float(picks.pop()) if picks else None
 
 
+def scales_lr(row: str) -> bool:
+    """Whether a table1 step's experiment scales its lr with the batch size (the optuna step searches exp5)."""
+    return load_experiment("exp5" if row == OPTUNA else row).config.get("lr_scaling", RunConfig.lr_scaling) != "none"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/levers.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", choices=sorted(VARIANTS))
@@ -134,8 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     variant = VARIANTS[args.variant]
     rows = args.rows or variant.get("rows", HEADLINE)
-    unscaled = [r for r in rows if r in UNSCALED_ROWS]
-    if "lr_scaling" in variant["keys"] and unscaled:  # --set would give the baseline rows a scaled lr
+    try:
+        unscaled = [r for r in rows if not scales_lr(r)] if "lr_scaling" in variant["keys"] else []
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if unscaled:  # --set would give the baseline rows a scaled lr
         print(f"error: {' '.join(unscaled)} scale no lr (lr_scaling none): their rows are "
               f"{variant.get('lr_from', 'the variant without lr_scaling')}'s, not {args.variant}'s", file=sys.stderr)
         return 2

@@ -220,14 +220,14 @@ def test_levers_gap_figure_draws_the_sqrt_variants_as_their_own_line(tmp_path, m
     levers = load("levers.py")
     drawn = []
     real = Axes.plot
-    monkeypatch.setattr(Axes, "plot", lambda ax, *a, **kw: (drawn.append((ax.get_title(), kw.get("label"), a[:2])), real(ax, *a, **kw))[1])
+    monkeypatch.setattr(Axes, "plot", lambda ax, *a, **kw: (drawn.append((kw.get("label"), a[:2])), real(ax, *a, **kw))[1])
     line = {"init": "torch", "epoch_scale": 0.4, "base_lr": 0.1, "row": "exp6", "n_seeds": 2, "test_acc_std": 0.0}
     frame = pd.DataFrame([{**line, "variant": v, "lr_scaling": rule, "batch_size": bs, "steps": steps, "test_acc_mean": acc}
                           for v, rule, acc1024 in (("torch-0.4", "experiment's", 50.0), ("sqrt-torch-0.4", "sqrt", 80.0))
                           for bs, steps, acc in ((32, 10240, 85.0), (1024, 320, acc1024))])
     levers.gap_figure(frame, tmp_path / "gap.png")
     assert (tmp_path / "gap.png").stat().st_size > 0
-    mine = {label: (list(xs), list(ys)) for _, label, (xs, ys) in drawn if label and "paper" not in label}
+    mine = {label: (list(xs), list(ys)) for label, (xs, ys) in drawn if label and "paper" not in label}
     assert mine == {"init torch": ([320], [35.0]), "init torch, sqrt lr rule": ([320], [5.0])}
 
 
@@ -236,4 +236,7 @@ def test_levers_refuses_baseline_rows_for_a_variant_that_sets_the_lr_rule(tmp_pa
     levers = load("levers.py")
     assert levers.main(["--variant", "sqrt-torch-0.4", "--out", str(tmp_path), "--rows", "exp2", "exp4"]) == 2
     assert capsys.readouterr().err.strip() == "error: exp2 scale no lr (lr_scaling none): their rows are torch-0.4's, not sqrt-torch-0.4's"
+    assert not (tmp_path / "sqrt-torch-0.4").exists()
+    assert levers.main(["--variant", "sqrt-torch-0.4", "--out", str(tmp_path), "--rows", "exp9"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown experiment 'exp9'")
     assert not (tmp_path / "sqrt-torch-0.4").exists()
